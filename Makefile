@@ -1,0 +1,41 @@
+# The two commands a new user needs are `make run` and `make test`; both
+# install into .venv first when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(shell find proto/orchestra -name '*.proto' | sort)
+
+.PHONY: install run test gen lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/orchestra up --demo-on-first-run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Regenerates gen/ from proto/ with local tools only.
+gen: $(STAMP)
+	$(BIN)/python -m orchestra_server.codegen
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestra_server tests
+	$(BIN)/ruff format --check orchestra_server tests
+	$(BIN)/mypy --strict orchestra_server
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
