@@ -1,0 +1,391 @@
+"""The `orchestra` command: serve, run with the edge, and administer definitions, tenants, consumers and keys."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from orchestra_server.bootstrap import Application, Settings, build_application, open_storage
+from orchestra_server.errors import OrchestraError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def storage_options(func: F) -> F:
+    """--data-dir and --db, taken by every command."""
+
+    @click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="ORCHESTRA_DATA_DIR",
+        default="data",
+        show_default=True,
+        help="Directory for the embedded database and the signing keys.",
+    )
+    @click.option(
+        "--db",
+        "db_url",
+        envvar="ORCHESTRA_DB_URL",
+        default=None,
+        help="Database URL (postgresql://...); default: SQLite in the data directory.",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, data_dir: Path, db_url: str | None, **kwargs: Any) -> Any:
+        settings = Settings.from_environment(data_dir=data_dir, db_url=db_url)
+        return func(*args, settings=settings, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def reports_errors(func: F) -> F:
+    """Domain errors end the command with their message and exit status 1, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OrchestraError as exc:
+            problems = getattr(exc, "problems", None) or [str(exc)]
+            for problem in problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def application(settings: Settings) -> Application:
+    return build_application(settings)
+
+
+@click.group()
+@click.version_option(package_name="orchestra-server")
+def main() -> None:
+    """Orchestra: a multi-tenant workflow engine server."""
+    logging.basicConfig(level=os.environ.get("ORCHESTRA_LOG_LEVEL", "INFO").upper(), stream=sys.stderr)
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+@main.command()
+@storage_options
+@click.option("--grpc-host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--grpc-port", default=50051, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
+@click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
+@reports_errors
+def serve(settings: Settings, grpc_host: str, grpc_port: int, issuer: str | None, audience: str | None) -> None:
+    """Run the gRPC service alone (for deployments with their own edge)."""
+    from orchestra_server.transport.server import serve as run
+
+    settings = _with_identity(settings, issuer, audience)
+    run(f"{grpc_host}:{grpc_port}", application(settings))
+
+
+def _with_identity(settings: Settings, issuer: str | None, audience: str | None) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, issuer=issuer or settings.issuer, audience=audience or settings.audience)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@storage_options
+@reports_errors
+def db_upgrade(settings: Settings) -> None:
+    """Apply the schema migrations (the server also does this on start)."""
+    open_storage(settings).dispose()
+    click.echo("database is up to date")
+
+
+# --- definitions -----------------------------------------------------------------------------
+
+
+@main.group()
+def definition() -> None:
+    """Process definitions."""
+
+
+@definition.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@reports_errors
+def definition_validate(files: tuple[Path, ...]) -> None:
+    """Check definition files without deploying them."""
+    from orchestra_server.service.definitions import load_definition_files
+
+    for item in load_definition_files(list(files)):
+        click.echo(f"ok: {item.source} ({item.definition.id})")
+
+
+@definition.command("deploy")
+@storage_options
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--tenant", default=None, help="Scope the definitions to one tenant (default: shared).")
+@reports_errors
+def definition_deploy(settings: Settings, files: tuple[Path, ...], tenant: str | None) -> None:
+    """Deploy definition files: all of them, or none when any is invalid."""
+    app = application(settings)
+    try:
+        for result in app.definitions.deploy(list(files), tenant=tenant):
+            what = "deployed" if result.changed else "unchanged"
+            click.echo(f"{what}: {result.definition_id} version {result.version} ({result.source})")
+    finally:
+        app.close()
+
+
+@definition.command("list")
+@storage_options
+@click.option("--tenant", default=None, help="Only the definitions scoped to this tenant.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def definition_list(settings: Settings, tenant: str | None, as_json: bool) -> None:
+    """List the newest version of every definition."""
+    app = application(settings)
+    try:
+        rows = app.definitions.list(tenant=tenant)
+    finally:
+        app.close()
+    items = [
+        {
+            "id": r.definition_id,
+            "tenant": r.tenant_key or None,
+            "version": r.version,
+            "deployed_at": r.deployed_at.isoformat(),
+            "source": r.source,
+        }
+        for r in rows
+    ]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for item in items:
+        click.echo(f"{item['id']}\tversion {item['version']}\t{item['tenant'] or '(shared)'}\t{item['deployed_at']}")
+
+
+# --- tenants, roles, consumers, keys -----------------------------------------------------------
+
+
+@main.group()
+def tenant() -> None:
+    """Tenants."""
+
+
+@tenant.command("create")
+@storage_options
+@click.argument("tenant_id")
+@click.option("--label", default=None)
+@reports_errors
+def tenant_create(settings: Settings, tenant_id: str, label: str | None) -> None:
+    """Create a tenant."""
+    app = application(settings)
+    try:
+        app.directory.create_tenant(tenant_id, label)
+    finally:
+        app.close()
+    click.echo(f"created tenant {tenant_id}")
+
+
+@tenant.command("list")
+@storage_options
+@reports_errors
+def tenant_list(settings: Settings) -> None:
+    """List tenants."""
+    app = application(settings)
+    try:
+        for tenant_id, label, created_at in app.directory.list_tenants():
+            click.echo(f"{tenant_id}\t{label or ''}\t{created_at.isoformat()}")
+    finally:
+        app.close()
+
+
+@main.group()
+def role() -> None:
+    """Roles and their permissions."""
+
+
+@role.command("create")
+@storage_options
+@click.argument("name")
+@click.option("--permission", "permissions", multiple=True, help="A permission, e.g. 'access orchestra api'.")
+@reports_errors
+def role_create(settings: Settings, name: str, permissions: tuple[str, ...]) -> None:
+    """Create a role."""
+    app = application(settings)
+    try:
+        app.directory.create_role(name, list(permissions))
+    finally:
+        app.close()
+    click.echo(f"created role {name}")
+
+
+@role.command("grant")
+@storage_options
+@click.argument("name")
+@click.argument("permission")
+@reports_errors
+def role_grant(settings: Settings, name: str, permission: str) -> None:
+    """Grant a permission to a role."""
+    app = application(settings)
+    try:
+        app.directory.grant(name, permission)
+    finally:
+        app.close()
+    click.echo(f"granted '{permission}' to {name}")
+
+
+@role.command("revoke")
+@storage_options
+@click.argument("name")
+@click.argument("permission")
+@reports_errors
+def role_revoke(settings: Settings, name: str, permission: str) -> None:
+    """Remove a permission from a role."""
+    app = application(settings)
+    try:
+        app.directory.revoke(name, permission)
+    finally:
+        app.close()
+    click.echo(f"revoked '{permission}' from {name}")
+
+
+@role.command("list")
+@storage_options
+@reports_errors
+def role_list(settings: Settings) -> None:
+    """List roles with their permissions."""
+    app = application(settings)
+    try:
+        for name, permissions in app.directory.list_roles().items():
+            click.echo(f"{name}\t{', '.join(permissions)}")
+    finally:
+        app.close()
+
+
+@main.group()
+def consumer() -> None:
+    """Consumers: the sites that call the API."""
+
+
+@consumer.command("create")
+@storage_options
+@click.option("--tenant", required=True, help="The tenant the consumer is bound to, for good.")
+@click.option("--role", "roles", multiple=True, help="A role (default: the built-in api_consumer role).")
+@click.option("--label", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def consumer_create(settings: Settings, tenant: str, roles: tuple[str, ...], label: str | None, as_json: bool) -> None:
+    """Create a consumer and print its client id and secret (shown only this once)."""
+    app = application(settings)
+    try:
+        created = app.directory.create_consumer(tenant, list(roles) or None, label)
+    finally:
+        app.close()
+    if as_json:
+        click.echo(
+            json.dumps({"client_id": created.client_id, "client_secret": created.client_secret, "tenant": created.tenant})
+        )
+    else:
+        click.echo(f"client_id:     {created.client_id}")
+        click.echo(f"client_secret: {created.client_secret}")
+        click.echo(f"tenant:        {created.tenant}")
+        click.echo("The secret is not stored and cannot be shown again.")
+
+
+@consumer.command("list")
+@storage_options
+@click.option("--tenant", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def consumer_list(settings: Settings, tenant: str | None, as_json: bool) -> None:
+    """List consumers (never their secrets)."""
+    app = application(settings)
+    try:
+        records = app.directory.list_consumers(tenant)
+    finally:
+        app.close()
+    items = [
+        {
+            "client_id": r.client_id,
+            "tenant": r.tenant_id,
+            "label": r.label,
+            "roles": list(r.roles),
+            "revoked": r.revoked_at is not None,
+        }
+        for r in records
+    ]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for item in items:
+        state = "revoked" if item["revoked"] else "active"
+        click.echo(f"{item['client_id']}\t{item['tenant']}\t{state}\t{','.join(item['roles'])}\t{item['label'] or ''}")
+
+
+@consumer.command("revoke")
+@storage_options
+@click.argument("client_id")
+@reports_errors
+def consumer_revoke(settings: Settings, client_id: str) -> None:
+    """Revoke a consumer: its tokens stop working within seconds."""
+    app = application(settings)
+    try:
+        app.directory.revoke_consumer(client_id)
+    finally:
+        app.close()
+    click.echo(f"revoked {client_id}")
+
+
+@main.group()
+def keys() -> None:
+    """Access token signing keys."""
+
+
+@keys.command("rotate")
+@storage_options
+@reports_errors
+def keys_rotate(settings: Settings) -> None:
+    """Add a new signing key: published at once, used after the publish lead; old keys stay published."""
+    app = application(settings)
+    try:
+        key = app.key_ring.rotate(app.clock(), settings.key_publish_lead)
+    finally:
+        app.close()
+    click.echo(f"new key {key.kid} signs from {key.active_from.isoformat()}")
+
+
+@main.command()
+@storage_options
+@click.option("--tenant", default=None, help="Only this tenant's records.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@reports_errors
+def audit(settings: Settings, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Show the audit trail, newest first."""
+    app = application(settings)
+    try:
+        rows = app.directory.audit(tenant, limit)
+    finally:
+        app.close()
+    for row in rows:
+        at = row["at"]
+        record = {**row, "at": at.isoformat() if hasattr(at, "isoformat") else at}
+        if as_json:
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{record['at']}\t{row['tenant_id']}\t{row['actor']}\t{row['action']}\t{row['instance_id'] or ''}")
+
+
+if __name__ == "__main__":
+    main()

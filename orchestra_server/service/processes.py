@@ -1,0 +1,360 @@
+"""The process use cases: start, inspect, signal and fire, read and write variables, all scoped to one tenant."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from threading import Lock
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from orchestra_server.engine import engine
+from orchestra_server.service.definitions import parse_stored
+from orchestra_server.engine.model import Definition, InstanceStatus, Json, Token
+from orchestra_server.errors import (
+    IdempotencyConflict,
+    InstanceNotFound,
+    InstanceNotWritable,
+    InvalidArgument,
+    TokenNotParked,
+    UnknownDefinition,
+)
+from orchestra_server.service import limits
+from orchestra_server.storage import repository as repo
+from orchestra_server.storage.database import Database
+
+Clock = Callable[[], datetime]
+IdFactory = Callable[[], str]
+
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
+INSTANCE_STATUSES = frozenset(s.value for s in InstanceStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a call: the tenant it is scoped to and the consumer (or operator) acting."""
+
+    tenant_id: str
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    id: str
+    node_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    id: str
+    definition_id: str
+    status: str
+    tenant_id: str
+    tokens: tuple[TokenView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSummary:
+    id: str
+    definition_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    instances: tuple[InstanceSummary, ...]
+    next_page_token: str = ""
+
+
+@dataclass
+class DefinitionCache:
+    """Parsed definition versions by primary key; versions never change, so entries never go stale."""
+
+    capacity: int = 512
+    _entries: OrderedDict[int, Definition] = field(default_factory=OrderedDict)
+    _lock: Lock = field(default_factory=Lock)
+
+    def get(self, conn: Connection, pk: int, content: str | None = None) -> Definition:
+        with self._lock:
+            found = self._entries.get(pk)
+            if found is not None:
+                self._entries.move_to_end(pk)
+                return found
+        definition = parse_stored(content if content is not None else repo.definition_content(conn, pk))
+        with self._lock:
+            self._entries[pk] = definition
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return definition
+
+
+class ProcessService:
+    """Every operation takes the caller; no statement runs without the caller's tenant in it."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Clock,
+        new_id: IdFactory,
+        definitions: DefinitionCache | None = None,
+    ) -> None:
+        self._db = database
+        self._clock = clock
+        self._new_id = new_id
+        self._definitions = definitions or DefinitionCache()
+
+    # --- start -------------------------------------------------------------------------------
+
+    def start_process(
+        self,
+        caller: Caller,
+        definition_id: str,
+        variables: dict[str, Json],
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        encoded = limits.encode_variables(variables)
+        if not limits.MACHINE_NAME.fullmatch(definition_id):
+            raise UnknownDefinition()
+        request_hash = None
+        if idempotency_key is not None:
+            if not 0 < len(idempotency_key) <= limits.MAX_IDEMPOTENCY_KEY_LENGTH or not idempotency_key.isprintable():
+                raise InvalidArgument("idempotency key must be 1 to 200 printable characters")
+            request_hash = hashlib.sha256(
+                repo.dump_json([definition_id, sorted(encoded.items())]).encode()
+            ).hexdigest()
+        try:
+            return self._start(caller, definition_id, encoded, idempotency_key, request_hash)
+        except IntegrityError:
+            # Two starts with one new idempotency key raced; the loser returns the winner's instance.
+            if idempotency_key is None:
+                raise
+            return self._start(caller, definition_id, encoded, idempotency_key, request_hash)
+
+    def _start(
+        self,
+        caller: Caller,
+        definition_id: str,
+        encoded: dict[str, str],
+        idempotency_key: str | None,
+        request_hash: str | None,
+    ) -> str:
+        with self._db.writing() as conn:
+            now = self._clock()
+            if idempotency_key is not None and request_hash is not None:
+                earlier = repo.find_idempotency_key(
+                    conn, caller.tenant_id, idempotency_key, now - IDEMPOTENCY_RETENTION
+                )
+                if earlier is not None:
+                    if earlier[0] != request_hash:
+                        raise IdempotencyConflict()
+                    return earlier[1]
+            found = repo.definition_for_tenant(conn, caller.tenant_id, definition_id)
+            if found is None:
+                raise UnknownDefinition()
+            pk, content = found
+            definition = self._definitions.get(conn, pk, content)
+            # The engine sees the values as stored, so conditions match what getVariables shows.
+            stored_values = {k: json.loads(v) for k, v in encoded.items()}
+            step = engine.start(definition, stored_values, now=now, new_id=self._new_id)
+            instance_id = self._new_id()
+            seq = repo.insert_instance(
+                conn,
+                instance_id=instance_id,
+                tenant_id=caller.tenant_id,
+                definition_id=definition_id,
+                definition_pk=pk,
+                status=step.status,
+                now=now,
+            )
+            repo.insert_variables(conn, seq, encoded)
+            repo.insert_tokens(conn, seq, caller.tenant_id, step.created)
+            if idempotency_key is not None and request_hash is not None:
+                repo.store_idempotency_key(
+                    conn,
+                    tenant_id=caller.tenant_id,
+                    key=idempotency_key,
+                    request_hash=request_hash,
+                    instance_id=instance_id,
+                    now=now,
+                )
+            repo.record_audit(
+                conn,
+                at=now,
+                tenant_id=caller.tenant_id,
+                actor=caller.actor,
+                action="instance.start",
+                instance_id=instance_id,
+                detail={"definition_id": definition_id, "definition_pk": pk, **_step_detail(step)},
+            )
+            return instance_id
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get_instance(self, caller: Caller, instance_id: str) -> InstanceView:
+        if not limits.is_plausible_id(instance_id):
+            raise InstanceNotFound()
+        with self._db.reading() as conn:
+            header = repo.find_instance(conn, caller.tenant_id, instance_id)
+            if header is None:
+                raise InstanceNotFound()
+            tokens = repo.live_tokens(conn, header.seq)
+        return InstanceView(
+            id=header.id,
+            definition_id=header.definition_id,
+            status=header.status.value,
+            tenant_id=header.tenant_id,
+            tokens=tuple(TokenView(t.id, t.node_id, t.status.value) for t in tokens),
+        )
+
+    def list_instances(
+        self,
+        caller: Caller,
+        *,
+        definition_id: str | None = None,
+        status: str | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> InstancePage:
+        if page_size < 0 or page_size > limits.MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size must be between 1 and {limits.MAX_PAGE_SIZE}")
+        size = page_size or limits.DEFAULT_PAGE_SIZE
+        filters = [definition_id or "", status or ""]
+        before = _decode_page_token(page_token, filters) if page_token else None
+        if (definition_id and not limits.MACHINE_NAME.fullmatch(definition_id)) or (
+            status and status not in INSTANCE_STATUSES
+        ):
+            # A filter nothing can match: an empty page, as for any other unmatched filter.
+            return InstancePage(())
+        with self._db.reading() as conn:
+            rows = repo.list_instances(
+                conn,
+                caller.tenant_id,
+                definition_id=definition_id or None,
+                status=status or None,
+                before_seq=before,
+                limit=size + 1,
+            )
+        more = len(rows) > size
+        rows = rows[:size]
+        token = _encode_page_token(rows[-1][0], filters) if more else ""
+        return InstancePage(tuple(InstanceSummary(r[1], r[2], r[3]) for r in rows), token)
+
+    def get_variables(self, caller: Caller, instance_id: str) -> dict[str, Json]:
+        if not limits.is_plausible_id(instance_id):
+            return {}
+        with self._db.reading() as conn:
+            header = repo.find_instance(conn, caller.tenant_id, instance_id)
+            if header is None:
+                return {}
+            return repo.variables_of(conn, header.seq)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def set_variable(self, caller: Caller, instance_id: str, name: str, value: Json) -> None:
+        limits.check_variable_name(name)
+        text = limits.encode_value(value)
+        if not limits.is_plausible_id(instance_id):
+            raise InstanceNotWritable()
+        with self._db.writing() as conn:
+            header = repo.find_instance(conn, caller.tenant_id, instance_id, lock=True)
+            if header is None or header.status is not InstanceStatus.RUNNING:
+                raise InstanceNotWritable()
+            repo.upsert_variable(conn, header.seq, name, text)
+            now = self._clock()
+            repo.record_audit(
+                conn,
+                at=now,
+                tenant_id=caller.tenant_id,
+                actor=caller.actor,
+                action="variable.set",
+                instance_id=instance_id,
+                detail={"name": name, "bytes": len(text)},
+            )
+
+    def signal_token(self, caller: Caller, token_id: str) -> None:
+        self._advance(caller, token_id, action="token.signal", fire=False)
+
+    def fire_due_token(self, tenant_id: str, token_id: str) -> bool:
+        """Fires a due timer or timeout as the scheduler; False when it is no longer due or parked."""
+        try:
+            self._advance(Caller(tenant_id, "scheduler"), token_id, action="token.fire", fire=True)
+        except TokenNotParked:
+            return False
+        return True
+
+    def _advance(self, caller: Caller, token_id: str, *, action: str, fire: bool) -> None:
+        if not limits.is_plausible_id(token_id):
+            raise TokenNotParked()
+        with self._db.writing() as conn:
+            seq = repo.instance_of_token(conn, caller.tenant_id, token_id)
+            if seq is None:
+                raise TokenNotParked()
+            # The instance row lock serialises every advance of one instance: a racing
+            # signal of the same token finds it consumed once it gets the lock.
+            header = repo.lock_instance(conn, seq)
+            if header.status is not InstanceStatus.RUNNING:
+                raise TokenNotParked()
+            tokens = repo.live_tokens(conn, seq)
+            variables = repo.variables_of(conn, seq)
+            definition = self._definitions.get(conn, header.definition_pk)
+            now = self._clock()
+            advance = engine.fire_due if fire else engine.signal
+            step = advance(definition, tokens, variables, token_id, now=now, new_id=self._new_id)
+            if repo.delete_tokens(conn, seq, step.consumed) != len(step.consumed):
+                # Cannot happen under the lock; refuse rather than half-apply.
+                raise TokenNotParked()
+            repo.insert_tokens(conn, seq, caller.tenant_id, step.created)
+            if step.status is not header.status:
+                repo.set_instance_status(conn, seq, step.status, now)
+            repo.record_audit(
+                conn,
+                at=now,
+                tenant_id=caller.tenant_id,
+                actor=caller.actor,
+                action=action,
+                instance_id=header.id,
+                detail={"token_id": token_id, **_step_detail(step)},
+            )
+
+
+def _step_detail(step: engine.Step) -> dict[str, Json]:
+    return {
+        "consumed": list(step.consumed),
+        "created": [_token_detail(t) for t in step.created],
+        "status": step.status.value,
+    }
+
+
+def _token_detail(token: Token) -> dict[str, Json]:
+    return {"id": token.id, "node_id": token.node_id, "status": token.status.value}
+
+
+def _encode_page_token(seq: int, filters: list[str]) -> str:
+    raw = repo.dump_json({"s": seq, "f": _filters_fingerprint(filters)})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, filters: list[str]) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        seq = data["s"]
+        valid = isinstance(seq, int) and seq > 0 and data["f"] == _filters_fingerprint(filters)
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise InvalidArgument("page_token was not issued for this listing")
+    return int(seq)
+
+
+def _filters_fingerprint(filters: list[str]) -> str:
+    return hashlib.sha256("\x00".join(filters).encode()).hexdigest()[:16]

@@ -1,0 +1,132 @@
+"""Connections to the embedded SQLite database or to PostgreSQL, and the transactions around them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError as DbInterfaceError
+
+from orchestra_server.errors import Unavailable
+
+SQLITE_FILE = "orchestra.db"
+# How long a SQLite writer waits for another process's write lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# SQLite durability: NORMAL in WAL mode never loses a committed transaction when the
+# process is killed; FULL also survives power loss, at a cost per commit.
+SQLITE_SYNCHRONOUS = os.environ.get("ORCHESTRA_SQLITE_SYNCHRONOUS", "NORMAL").upper()
+if SQLITE_SYNCHRONOUS not in ("NORMAL", "FULL", "EXTRA"):
+    raise SystemExit("ORCHESTRA_SQLITE_SYNCHRONOUS must be NORMAL, FULL or EXTRA")
+
+_WRITE = "orchestra_write"
+
+
+def default_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / SQLITE_FILE}"
+
+
+def normalise_url(url: str) -> str:
+    """Accepts postgresql:// and postgres:// URLs and routes them to psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+@dataclass
+class Database:
+    """One engine (a connection pool) and the two kinds of transaction the services use."""
+
+    engine: Engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction."""
+        with _translate_outage(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction that commits when the block ends and rolls back on any error.
+
+        On SQLite it takes the write lock at once (BEGIN IMMEDIATE), so a read
+        followed by a write inside it can never interleave with another writer.
+        On PostgreSQL callers lock the rows they change (SELECT ... FOR UPDATE).
+        """
+        with _translate_outage(), self.engine.connect() as conn:
+            conn = conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def _translate_outage() -> Iterator[None]:
+    try:
+        yield
+    except (OperationalError, DbInterfaceError) as exc:
+        if exc.connection_invalidated or _is_connect_failure(exc):
+            raise Unavailable("database unavailable") from exc
+        raise
+
+
+def _is_connect_failure(exc: Exception) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(s in text for s in ("connection refused", "could not connect", "server closed", "terminating"))
+
+
+def open_database(url: str, *, pool_size: int = 8, echo: bool = False) -> Database:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = pool_size
+        engine = create_engine(url, **kwargs)
+        _configure_sqlite(engine)
+    else:
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = pool_size
+        kwargs["pool_pre_ping"] = True
+        engine = create_engine(url, **kwargs)
+    return Database(engine)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event decide how each transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(_WRITE):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")

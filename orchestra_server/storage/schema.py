@@ -1,0 +1,189 @@
+"""The relational schema: typed ORM mappings used for migrations and by the repositories' statements."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every dialect (SQLite keeps naive UTC text that sorts correctly)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Definitions shared by every tenant carry this tenant key.
+SHARED_TENANT_KEY = ""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class TenantRow(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RoleRow(Base):
+    __tablename__ = "roles"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RolePermissionRow(Base):
+    __tablename__ = "role_permissions"
+    role: Mapped[str] = mapped_column(ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class ConsumerRow(Base):
+    __tablename__ = "consumers"
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The tenant binding is written once, at creation; nothing updates it.
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    label: Mapped[str | None] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ConsumerRoleRow(Base):
+    __tablename__ = "consumer_roles"
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("consumers.client_id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(ForeignKey("roles.name"), primary_key=True)
+
+
+class DefinitionRow(Base):
+    """One immutable version of a process definition."""
+
+    __tablename__ = "definitions"
+    __table_args__ = (UniqueConstraint("tenant_key", "definition_id", "version"),)
+    pk: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    tenant_key: Mapped[str] = mapped_column(String(64))
+    definition_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(String(500))
+    deployed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    __table_args__ = (
+        # listInstances reads one page of one tenant, newest first, per filter.
+        Index("ix_instances_tenant_seq", "tenant_id", "seq"),
+        Index("ix_instances_tenant_definition_seq", "tenant_id", "definition_id", "seq"),
+        Index("ix_instances_tenant_status_seq", "tenant_id", "status", "seq"),
+        Index("ix_instances_tenant_definition_status_seq", "tenant_id", "definition_id", "status", "seq"),
+    )
+    # Creation order across every process: the stable newest-first order and the page cursor.
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    definition_id: Mapped[str] = mapped_column(String(64))
+    definition_pk: Mapped[int] = mapped_column(ForeignKey("definitions.pk"))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class TokenRow(Base):
+    """A live token; consumed tokens are deleted (the audit trail keeps their history)."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (
+        Index("ix_tokens_instance_seq", "instance_seq"),
+        Index("ix_tokens_due_at", "due_at"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    instance_seq: Mapped[int] = mapped_column(ForeignKey("instances.seq", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    node_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    arrived_by: Mapped[int | None] = mapped_column(Integer)
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    message: Mapped[str | None] = mapped_column(String(1000))
+
+
+class VariableRow(Base):
+    __tablename__ = "variables"
+    instance_seq: Mapped[int] = mapped_column(
+        ForeignKey("instances.seq", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Canonical JSON text, so every JSON value (null included) round-trips exactly.
+    value: Mapped[str] = mapped_column(Text)
+
+
+class AuditRow(Base):
+    """Who changed what, when: one row per state change."""
+
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_tenant_seq", "tenant_id", "seq"),)
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class IdempotencyKeyRow(Base):
+    """A start request's idempotency key, kept so a retried start returns the first instance."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    instance_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -1,0 +1,1 @@
+"""The gRPC transport: servicers, the error table, authentication and the server factory."""

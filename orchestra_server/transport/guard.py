@@ -1,0 +1,86 @@
+"""The server interceptor: authenticates Orchestra calls and maps every error through the one table."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+import grpc
+
+from orchestra_server import errors
+from orchestra_server.service.processes import Caller
+from orchestra_server.transport.errors import abort
+
+ORCHESTRA_SERVICE_PREFIX = "/orchestra.v1.OrchestraService/"
+# Forwarded by the edge from the verified token; a direct caller may send it too, but it
+# must then agree with the token: it never chooses the tenant on its own.
+TENANT_METADATA = "x-orchestra-tenant"
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("orchestra_caller")
+
+
+class Authenticates(Protocol):
+    def __call__(self, authorization: str | None, tenant_hint: str | None, now: datetime) -> Caller: ...
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the call in progress (set by the interceptor)."""
+    try:
+        return _caller.get()
+    except LookupError:
+        raise errors.Unauthenticated("missing access token") from None
+
+
+def metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return str(item.value)
+    return None
+
+
+class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticate: Authenticates, clock: Callable[[], datetime]) -> None:
+        self._authenticate = authenticate
+        self._clock = clock
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = details.method
+        inner = handler.unary_unary
+        needs_token = method.startswith(ORCHESTRA_SERVICE_PREFIX)
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                if not needs_token:
+                    return inner(request, context)
+                caller = self._authenticate(
+                    metadata_value(context, "authorization"),
+                    metadata_value(context, TENANT_METADATA),
+                    self._clock(),
+                )
+                token = _caller.set(caller)
+                try:
+                    return inner(request, context)
+                finally:
+                    _caller.reset(token)
+            except Exception as exc:  # every error leaves through the one table
+                if _is_abort(exc):
+                    raise
+                abort(context, exc)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _is_abort(exc: Exception) -> bool:
+    # context.abort() raises a plain Exception after recording the status; let it through.
+    return type(exc) is Exception and not exc.args

@@ -1,0 +1,90 @@
+"""The gRPC server factory and the serving loop with graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from orchestra.v1 import auth_service_pb2, orchestra_service_pb2
+from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
+from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
+
+from orchestra_server.bootstrap import Application
+from orchestra_server.transport.guard import GuardInterceptor
+from orchestra_server.transport.servicers import AuthServicer, OrchestraServicer
+
+SERVICE_NAMES = (
+    orchestra_service_pb2.DESCRIPTOR.services_by_name["OrchestraService"].full_name,
+    auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+)
+_log = logging.getLogger("orchestra.server")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    # Threads that run calls; the database pool is sized to match.
+    max_workers: int = 16
+    # Calls admitted at once before new ones are refused with RESOURCE_EXHAUSTED (load shedding).
+    max_concurrent_rpcs: int = 256
+    max_receive_bytes: int = 4 * 1024 * 1024
+    grace_seconds: float = 10.0
+
+
+def create_server(
+    address: str, app: Application, options: ServerOptions | None = None
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Builds a server bound to `address` (port 0 picks a free port); returns it unstarted with its port."""
+    options = options or ServerOptions()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
+        interceptors=[GuardInterceptor(app.authenticate, app.clock)],
+        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", options.max_receive_bytes),
+            ("grpc.so_reuseport", 1),
+        ],
+    )
+    pb_grpc.add_OrchestraServiceServicer_to_server(OrchestraServicer(app.processes), server)
+    auth_grpc.add_AuthServiceServicer_to_server(AuthServicer(app.token_endpoint, app.jwks_json, app.clock), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (*SERVICE_NAMES, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port, health_servicer
+
+
+def serve(address: str, app: Application, options: ServerOptions | None = None, *, ready: threading.Event | None = None) -> None:
+    """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish."""
+    options = options or ServerOptions()
+    server, port, health_servicer = create_server(address, app, options)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        _log.info("stopping on signal %s", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server.start()
+    _log.info("serving gRPC on port %d", port)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.wait(1.0):
+            pass
+        # Tell health checkers first so the edge stops routing here, then drain.
+        health_servicer.enter_graceful_shutdown()
+        server.stop(options.grace_seconds).wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        app.close()

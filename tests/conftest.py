@@ -1,0 +1,121 @@
+"""Shared fixtures: databases on SQLite and on a real PostgreSQL, and a fixed clock."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from orchestra_server.storage.database import Database, open_database
+from orchestra_server.storage.migrate import upgrade
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get("ORCHESTRA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Rows the first migration seeds; a reset keeps them.
+_SEEDED = {"tenants": ("id", "default"), "roles": ("name", "api_consumer")}
+_TABLES = (
+    "idempotency_keys",
+    "audit",
+    "variables",
+    "tokens",
+    "instances",
+    "definitions",
+    "consumer_roles",
+    "consumers",
+    "role_permissions",
+    "roles",
+    "tenants",
+)
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure to connect means "no PostgreSQL here"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return None
+
+
+def require_postgres() -> None:
+    problem = _postgres_reachable()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"PostgreSQL is required in CI but not reachable at {PG_ADMIN_URL}: {problem}")
+    pytest.skip(f"no PostgreSQL on this machine ({problem}); CI runs these tests")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+    require_postgres()
+    name = f"orchestra_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    database = open_database(url)
+    upgrade(database)
+    database.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def reset_postgres(database: Database) -> None:
+    with database.engine.begin() as conn:
+        conn.execute(text("TRUNCATE " + ", ".join(_TABLES[:-4]) + " RESTART IDENTITY CASCADE"))
+        conn.execute(text("DELETE FROM consumer_roles"))
+        conn.execute(text("DELETE FROM consumers"))
+        conn.execute(text("DELETE FROM role_permissions WHERE role <> 'api_consumer'"))
+        conn.execute(text("DELETE FROM roles WHERE name <> 'api_consumer'"))
+        conn.execute(text("DELETE FROM tenants WHERE id <> 'default'"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated, empty database: SQLite in a temporary directory, or the session's PostgreSQL."""
+    if request.param == "sqlite":
+        db = open_database(f"sqlite:///{tmp_path / 'orchestra.db'}")
+        upgrade(db)
+    else:
+        url = request.getfixturevalue("postgres_url")
+        db = open_database(url)
+        reset_postgres(db)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
