@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
 from orchestra_server.engine.model import InstanceStatus, Json, Token, TokenStatus
 from orchestra_server.storage.schema import (
@@ -284,17 +284,54 @@ def list_instances(
     return [(row.seq, row.id, row.definition_id, row.status) for row in rows]
 
 
-def due_tokens(conn: Connection, now: datetime, limit: int, *, skip_locked: bool) -> list[tuple[str, str, int]]:
-    """(token id, tenant, instance seq) of parked tokens due by `now`, oldest due first."""
-    query = (
-        select(tokens_t.c.id, tokens_t.c.tenant_id, tokens_t.c.instance_seq)
-        .where(tokens_t.c.due_at <= now, tokens_t.c.status == TokenStatus.PARKED.value)
+def claim_due_tokens(
+    conn: Connection, now: datetime, limit: int, lease_until: datetime, *, skip_locked: bool
+) -> list[tuple[str, str]]:
+    """Leases up to `limit` parked tokens due by `now`, oldest due first: (token id, tenant).
+
+    With `skip_locked` (PostgreSQL) concurrent schedulers claim disjoint batches; a lease
+    that runs out (its scheduler died) lets another scheduler take the token.
+    """
+    candidates = (
+        select(tokens_t.c.id)
+        .where(
+            tokens_t.c.due_at <= now,
+            tokens_t.c.status == TokenStatus.PARKED.value,
+            or_(tokens_t.c.claimed_until.is_(None), tokens_t.c.claimed_until < now),
+        )
         .order_by(tokens_t.c.due_at)
         .limit(limit)
     )
     if skip_locked:
-        query = query.with_for_update(skip_locked=True)
-    return [(row.id, row.tenant_id, row.instance_seq) for row in conn.execute(query)]
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = [row[0] for row in conn.execute(candidates)]
+    if not ids:
+        return []
+    rows = conn.execute(
+        update(tokens_t)
+        .where(tokens_t.c.id.in_(ids))
+        .values(claimed_until=lease_until)
+        .returning(tokens_t.c.id, tokens_t.c.tenant_id, tokens_t.c.due_at)
+    ).all()
+    rows.sort(key=lambda r: (r.due_at, r.id))
+    return [(row.id, row.tenant_id) for row in rows]
+
+
+def due_backlog(conn: Connection, now: datetime) -> int:
+    """Parked tokens already due: what the schedulers have yet to fire."""
+    count = conn.execute(
+        select(func.count())
+        .select_from(tokens_t)
+        .where(tokens_t.c.due_at <= now, tokens_t.c.status == TokenStatus.PARKED.value)
+    ).scalar_one()
+    return int(count)
+
+
+def next_due_at(conn: Connection) -> datetime | None:
+    value = conn.execute(
+        select(func.min(tokens_t.c.due_at)).where(tokens_t.c.status == TokenStatus.PARKED.value)
+    ).scalar_one_or_none()
+    return value if isinstance(value, datetime) else None
 
 
 # --- variables -----------------------------------------------------------------------------

@@ -151,6 +151,8 @@ class TokenRow(Base):
     arrived_by: Mapped[int | None] = mapped_column(Integer)
     due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     message: Mapped[str | None] = mapped_column(String(1000))
+    # A scheduler's lease on a due token; another scheduler may take it once this passes.
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class VariableRow(Base):

@@ -157,6 +157,7 @@ def upgrade() -> None:
         sa.Column("ordinal", sa.Integer(), nullable=False),
         sa.Column("arrived_by", sa.Integer(), nullable=True),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("message", sa.String(length=1000), nullable=True),
         sa.ForeignKeyConstraint(
             ["instance_seq"],

@@ -1,0 +1,143 @@
+"""Timers and wait timeouts fire themselves, once, never early, and survive restarts."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from orchestra_server import errors
+from orchestra_server.service.processes import Caller, ProcessService
+from orchestra_server.service.scheduler import TimerScheduler
+from orchestra_server.storage.database import Database
+from tests.conftest import FakeClock
+from tests.integration.test_processes import World, write
+from tests.integration.test_races import run_together
+
+ALICE = Caller("default", "alice-site")
+TIMER = {
+    "id": "cool_off",
+    "nodes": {
+        "begin": {"type": "start"},
+        "cool": {"type": "timer", "after": "PT1H"},
+        "task": {"type": "wait"},
+        "done": {"type": "end"},
+    },
+    "flows": [
+        {"from": "begin", "to": "cool"},
+        {"from": "cool", "to": "task"},
+        {"from": "task", "to": "done"},
+    ],
+}
+TIMEOUT = {
+    "id": "approval",
+    "nodes": {
+        "begin": {"type": "start"},
+        "approve": {"type": "wait", "timeout": {"after": "PT48H", "to": "escalate"}},
+        "escalate": {"type": "wait"},
+        "done": {"type": "end"},
+    },
+    "flows": [
+        {"from": "begin", "to": "approve"},
+        {"from": "approve", "to": "done"},
+        {"from": "escalate", "to": "done"},
+    ],
+}
+
+
+@pytest.fixture
+def world(database: Database, clock: FakeClock, tmp_path: Path) -> World:
+    w = World(database, clock, tmp_path)
+    w.definitions.deploy([write(tmp_path, TIMER), write(tmp_path, TIMEOUT)])
+    return w
+
+
+def scheduler(world: World, database: Database, batch: int = 50) -> TimerScheduler:
+    return TimerScheduler(database, world.processes, clock=world.clock, batch_size=batch)
+
+
+def nodes(world: World, instance_id: str) -> list[str]:
+    return [t.node_id for t in world.processes.get_instance(ALICE, instance_id).tokens]
+
+
+def test_timer_fires_when_due_and_not_before(world: World, database: Database) -> None:
+    instance_id = world.processes.start_process(ALICE, "cool_off", {})
+    sched = scheduler(world, database)
+    world.clock.advance(timedelta(minutes=59, seconds=59))
+    assert sched.drain() == 0
+    assert nodes(world, instance_id) == ["cool"]
+    world.clock.advance(timedelta(seconds=1))
+    assert sched.drain() == 1
+    assert nodes(world, instance_id) == ["task"]
+    assert sched.drain() == 0
+
+
+def test_hand_signal_before_due_means_it_fires_no_more(world: World, database: Database) -> None:
+    instance_id = world.processes.start_process(ALICE, "cool_off", {})
+    world.processes.signal_token(ALICE, world.token_at(ALICE, instance_id, "cool"))
+    world.clock.advance(timedelta(hours=2))
+    assert scheduler(world, database).drain() == 0
+    assert nodes(world, instance_id) == ["task"]
+
+
+def test_timeout_routes_elsewhere_and_a_signal_cancels_it(world: World, database: Database) -> None:
+    late = world.processes.start_process(ALICE, "approval", {})
+    on_time = world.processes.start_process(ALICE, "approval", {})
+    world.processes.signal_token(ALICE, world.token_at(ALICE, on_time, "approve"))
+    world.clock.advance(timedelta(hours=48))
+    assert scheduler(world, database).drain() == 1
+    assert nodes(world, late) == ["escalate"]
+    assert world.processes.get_instance(ALICE, on_time).status == "completed"
+    # Escalated: the normal route of the escalation still works.
+    world.processes.signal_token(ALICE, world.token_at(ALICE, late, "escalate"))
+    assert world.processes.get_instance(ALICE, late).status == "completed"
+
+
+def test_due_during_downtime_fires_on_the_next_start(
+    database: Database, clock: FakeClock, tmp_path: Path
+) -> None:
+    first = World(database, clock, tmp_path)
+    first.definitions.deploy([write(tmp_path, TIMER)])
+    instance_id = first.processes.start_process(ALICE, "cool_off", {})
+    clock.advance(timedelta(days=3))  # the server was down all along
+    counter = itertools.count(1)
+    restarted = ProcessService(database, clock=clock, new_id=lambda: f"after-restart-{next(counter)}")
+    assert TimerScheduler(database, restarted, clock=clock).drain() == 1
+    assert [t.node_id for t in restarted.get_instance(ALICE, instance_id).tokens] == ["task"]
+
+
+def test_scheduler_fire_racing_a_hand_signal_advances_once(world: World, database: Database) -> None:
+    for _ in range(5):
+        instance_id = world.processes.start_process(ALICE, "cool_off", {})
+        token_id = world.token_at(ALICE, instance_id, "cool")
+        world.clock.advance(timedelta(hours=1))
+        sched = scheduler(world, database)
+
+        def by_hand() -> str:
+            try:
+                world.processes.signal_token(ALICE, token_id)
+            except errors.TokenNotParked:
+                return "lost"
+            return "won"
+
+        def by_scheduler() -> str:
+            return "won" if sched.run_once() == 1 else "lost"
+
+        outcome = run_together([by_hand, by_scheduler])
+        assert sorted(outcome) == ["lost", "won"], outcome  # type: ignore[type-var]
+        assert nodes(world, instance_id) == ["task"]
+
+
+def test_batches_are_bounded_and_ordered_by_due_time(world: World, database: Database) -> None:
+    ids = []
+    for _ in range(7):
+        ids.append(world.processes.start_process(ALICE, "cool_off", {}))
+        world.clock.advance(timedelta(minutes=1))
+    world.clock.advance(timedelta(hours=1))
+    sched = scheduler(world, database, batch=3)
+    assert sched.run_once() == 3
+    fired = [i for i in ids if nodes(world, i) == ["task"]]
+    assert fired == ids[:3]
+    assert sched.drain() == 4
