@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/orchestra up --demo-on-first-run
+	$(BIN)/orchestra up --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import text
+
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
-from orchestra_server.identity.authenticator import Authenticator
+from orchestra_server.identity.authenticator import Authenticator, check_forwarded_tenant
 from orchestra_server.identity.keys import KeyRing
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
 from orchestra_server.service.processes import Caller, ProcessService
+from orchestra_server.service.scheduler import TimerScheduler
 from orchestra_server.storage.database import Database, default_url, open_database
 from orchestra_server.storage.migrate import upgrade
 
@@ -41,8 +44,9 @@ class Settings:
     issuer: str = DEFAULT_ISSUER
     audience: str = DEFAULT_AUDIENCE
     token_lifetime: timedelta = timedelta(hours=1)
-    # How long a new signing key is published before it signs (the edge caches the key set).
-    key_publish_lead: timedelta = timedelta(minutes=2)
+    # How long a new signing key is published before it signs: the edge refetches the key
+    # set every 30 s and does not refetch on an unknown key id, so twice that is safe.
+    key_publish_lead: timedelta = timedelta(seconds=60)
     # Revoking a consumer or removing its permission takes effect within this time.
     revocation_recheck_seconds: float = 2.0
     pool_size: int = 16
@@ -88,11 +92,24 @@ class Application:
     key_ring: KeyRing
     token_endpoint: TokenEndpoint
     authenticator: Authenticator
+    scheduler: TimerScheduler | None = None
     _closed: bool = field(default=False, repr=False)
+
+    def health_problems(self) -> list[str]:
+        """What keeps this process from serving well: the database, the scheduler."""
+        problems = []
+        try:
+            with self.database.reading() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # any failure means the database cannot serve
+            problems.append("database unreachable")
+        if self.scheduler is not None and not self.scheduler.healthy:
+            problems.append("scheduler not running")
+        return problems
 
     def authenticate(self, authorization: str | None, tenant_hint: str | None, now: datetime) -> Caller:
         principal = self.authenticator.authenticate(authorization, now)
-        self.authenticator.check_tenant_header(principal, tenant_hint)
+        check_forwarded_tenant(principal, tenant_hint)
         return Caller(tenant_id=principal.tenant_id, actor=principal.client_id)
 
     def jwks_json(self, now: datetime) -> bytes:
@@ -113,7 +130,9 @@ def build_application(
 ) -> Application:
     database = database or open_storage(settings)
     directory = DirectoryService(database, clock=clock)
-    key_ring = KeyRing.load_or_create(settings.signing_keys_path, clock())
+    key_ring = KeyRing.load_or_create(
+        settings.signing_keys_path, clock(), max_token_lifetime=settings.token_lifetime
+    )
     issuer = AccessTokenIssuer(key_ring, settings.issuer, settings.audience, lifetime=settings.token_lifetime)
     verifier = AccessTokenVerifier(key_ring, settings.issuer, settings.audience)
     return Application(
@@ -125,5 +144,7 @@ def build_application(
         directory=directory,
         key_ring=key_ring,
         token_endpoint=TokenEndpoint(directory, issuer),
-        authenticator=Authenticator(verifier, directory, recheck_seconds=settings.revocation_recheck_seconds),
+        authenticator=Authenticator(
+            verifier, directory, recheck_seconds=settings.revocation_recheck_seconds, clock=clock
+        ),
     )

@@ -70,6 +70,7 @@ def application(settings: Settings) -> Application:
 def main() -> None:
     """Orchestra: a multi-tenant workflow engine server."""
     logging.basicConfig(level=os.environ.get("ORCHESTRA_LOG_LEVEL", "INFO").upper(), stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # --- serving ---------------------------------------------------------------------------------
@@ -79,15 +80,158 @@ def main() -> None:
 @storage_options
 @click.option("--grpc-host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--grpc-port", default=50051, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Server processes sharing the port (default: one per core, at most 8).",
+)
+@click.option(
+    "--scheduler/--no-scheduler",
+    default=None,
+    help="Fire due timers in this process (default: yes; with SQLite only in the first worker).",
+)
 @click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
 @click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
 @reports_errors
-def serve(settings: Settings, grpc_host: str, grpc_port: int, issuer: str | None, audience: str | None) -> None:
+def serve(
+    settings: Settings,
+    grpc_host: str,
+    grpc_port: int,
+    workers: int | None,
+    scheduler: bool | None,
+    issuer: str | None,
+    audience: str | None,
+) -> None:
     """Run the gRPC service alone (for deployments with their own edge)."""
-    from orchestra_server.transport.server import serve as run
+    from orchestra_server import runtime
 
     settings = _with_identity(settings, issuer, audience)
-    run(f"{grpc_host}:{grpc_port}", application(settings))
+    count = workers or runtime.default_workers()
+    if count == 1:
+        runtime.run_worker(settings, f"{grpc_host}:{grpc_port}", scheduler=scheduler is not False)
+        return
+    if grpc_port == 0:
+        raise click.UsageError("--workers above 1 needs a fixed --grpc-port (they share it)")
+    open_storage(settings).dispose()  # migrate once, before the workers start
+    sqlite = settings.db_url is None or settings.db_url.startswith("sqlite")
+    specs = [
+        runtime.WorkerSpec(grpc_host, grpc_port, scheduler=scheduler is not False and (i == 0 or not sqlite))
+        for i in range(count)
+    ]
+    pool = runtime.WorkerPool(settings, specs)
+    stop = runtime.wait_for_signal()
+    pool.start()
+    click.echo(f"gRPC: {grpc_host}:{grpc_port} ({count} workers)")
+    try:
+        pool.supervise(stop)
+    finally:
+        pool.stop()
+
+
+@main.command()
+@storage_options
+@click.option("--http-host", default="127.0.0.1", show_default=True, help="Address of the REST edge.")
+@click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-host", default="127.0.0.1", show_default=True, help="Address of the gRPC workers.")
+@click.option(
+    "--grpc-port",
+    default=50051,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port of the first worker; worker N listens on this port + N.",
+)
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core).")
+@click.option("--demo", is_flag=True, help="On a fresh database: deploy the examples and create a demo consumer.")
+@click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
+@click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
+@reports_errors
+def up(
+    settings: Settings,
+    http_host: str,
+    http_port: int,
+    grpc_host: str,
+    grpc_port: int,
+    workers: int | None,
+    demo: bool,
+    issuer: str | None,
+    audience: str | None,
+) -> None:
+    """Run the service and the REST edge together until Ctrl-C or SIGTERM."""
+    from orchestra_server import runtime
+    from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
+
+    settings = _with_identity(settings, issuer, audience)
+    count = workers or runtime.default_workers()
+    fresh = _prepare_storage(settings)
+    stop = runtime.wait_for_signal()
+    sqlite = settings.db_url is None or settings.db_url.startswith("sqlite")
+    specs = [runtime.WorkerSpec(grpc_host, grpc_port + i, scheduler=i == 0 or not sqlite) for i in range(count)]
+    pool = runtime.WorkerPool(settings, specs, log_dir=settings.data_dir / "logs")
+    pool.start()
+    edge = EnvoyProcess(
+        EdgeSettings(
+            rest_host=http_host,
+            rest_port=http_port,
+            upstreams=tuple(Upstream(runtime.connect_host(s.host), s.port) for s in specs),
+            issuer=settings.issuer,
+            audience=settings.audience,
+        ),
+        settings.data_dir / "edge",
+    )
+    try:
+        edge.start()
+        click.echo(f"REST: {edge.rest_url}")
+        ports = ", ".join(f"{grpc_host}:{s.port}" for s in specs)
+        click.echo(f"gRPC: {ports}")
+        if demo and fresh:
+            _seed_demo(settings, edge.rest_url)
+        elif demo:
+            click.echo("(existing database: no demo data created)")
+        click.echo("Press Ctrl-C to stop.")
+        pool.supervise(stop)
+    finally:
+        edge.stop()
+        pool.stop()
+        click.echo("stopped")
+
+
+def _prepare_storage(settings: Settings) -> bool:
+    """Migrates the database; True when it had no schema before (a fresh data directory)."""
+    from orchestra_server.storage.database import open_database
+    from orchestra_server.storage.migrate import current_revision, upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(settings.database_url)
+    try:
+        fresh = current_revision(database) is None
+        upgrade(database)
+    finally:
+        database.dispose()
+    return fresh
+
+
+def _seed_demo(settings: Settings, rest_url: str) -> None:
+    from orchestra_server.edge.config import REPO_ROOT
+
+    app = application(settings)
+    try:
+        examples = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+        for result in app.definitions.deploy(examples):
+            click.echo(f"deployed example: {result.definition_id}")
+        created = app.directory.create_consumer("default", None, "demo consumer")
+    finally:
+        app.close()
+    click.echo("")
+    click.echo("Demo consumer in tenant 'default' (the secret is shown only this once):")
+    click.echo(f"  client_id:     {created.client_id}")
+    click.echo(f"  client_secret: {created.client_secret}")
+    click.echo("Get a token:")
+    click.echo(
+        f"  curl -s -X POST {rest_url}/oauth/token -d grant_type=client_credentials "
+        f"-d client_id={created.client_id} -d client_secret={created.client_secret}"
+    )
+    click.echo("")
 
 
 def _with_identity(settings: Settings, issuer: str | None, audience: str | None) -> Settings:

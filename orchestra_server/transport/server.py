@@ -63,6 +63,23 @@ def create_server(
     return server, port, health_servicer
 
 
+HEALTH_CHECK_SECONDS = 2.0
+
+
+def _watch_health(app: Application, health_servicer: health.HealthServicer, stop: threading.Event) -> None:
+    """Reports NOT_SERVING while the database or the scheduler is down, so the edge routes elsewhere."""
+    serving = True
+    while not stop.wait(HEALTH_CHECK_SECONDS):
+        problems = app.health_problems()
+        if serving == (not problems):
+            continue
+        serving = not problems
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        _log.warning("health: %s", "serving" if serving else ", ".join(problems))
+        for name in (*SERVICE_NAMES, ""):
+            health_servicer.set(name, status)
+
+
 def serve(address: str, app: Application, options: ServerOptions | None = None, *, ready: threading.Event | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish."""
     options = options or ServerOptions()
@@ -76,6 +93,10 @@ def serve(address: str, app: Application, options: ServerOptions | None = None, 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     server.start()
     _log.info("serving gRPC on port %d", port)
+    monitor = threading.Thread(
+        target=_watch_health, args=(app, health_servicer, stop), name="health-monitor", daemon=True
+    )
+    monitor.start()
     if ready is not None:
         ready.set()
     try:

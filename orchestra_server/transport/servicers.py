@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 
@@ -16,7 +17,7 @@ from orchestra_server.errors import InvalidArgument
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.service.processes import ProcessService
 from orchestra_server.transport import values
-from orchestra_server.transport.errors import HTTP_STATUS_METADATA, abort_with
+from orchestra_server.transport.errors import HTTP_STATUS_METADATA
 from orchestra_server.transport.guard import current_caller, metadata_value
 
 IDEMPOTENCY_METADATA = "idempotency-key"
@@ -95,16 +96,18 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         self._clock = clock
 
     def IssueToken(self, request: auth_pb.IssueTokenRequest, context: grpc.ServicerContext) -> auth_pb.IssueTokenResponse:
-        answer = self._endpoint.respond(
-            body=request.http_body.data,
-            content_type=request.http_body.content_type,
-            authorization=metadata_value(context, "authorization"),
-            now=self._clock(),
+        answer = self._endpoint.handle(
+            request.http_body.data,
+            request.http_body.content_type or None,
+            metadata_value(context, "authorization"),
+            self._clock(),
         )
         if answer.status != 200:
+            # RFC 6749 5.2: the error code is the whole message, so the edge answers {"error": code}.
+            code = json.loads(answer.body)["error"]
             extra = [(k.lower(), v) for k, v in answer.headers.items() if k.lower() == "www-authenticate"]
             context.set_trailing_metadata(((HTTP_STATUS_METADATA, str(answer.status)), *extra))
-            context.abort(_OAUTH_ERROR_CODES.get(answer.status, grpc.StatusCode.INVALID_ARGUMENT), answer.error)
+            context.abort(_OAUTH_ERROR_CODES.get(answer.status, grpc.StatusCode.INVALID_ARGUMENT), code)
         context.send_initial_metadata((("pragma", "no-cache"),))
         return auth_pb.IssueTokenResponse(
             http_body=httpbody_pb2.HttpBody(content_type="application/json", data=answer.body)
@@ -115,5 +118,3 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
             http_body=httpbody_pb2.HttpBody(content_type="application/json", data=self._jwks(self._clock()))
         )
 
-
-__all__ = ["AuthServicer", "OrchestraServicer", "abort_with"]

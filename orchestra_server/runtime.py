@@ -1,0 +1,174 @@
+"""Running Orchestra: one worker process, a supervised pool of them, and the edge in front."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from orchestra_server.bootstrap import Settings, build_application
+from orchestra_server.service.scheduler import TimerScheduler
+from orchestra_server.transport.server import ServerOptions, serve
+
+_log = logging.getLogger("orchestra.runtime")
+RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def default_workers() -> int:
+    """One process per core (a process runs Python on one core at a time), at most 8."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_worker(settings: Settings, address: str, *, scheduler: bool, options: ServerOptions | None = None) -> None:
+    """Serves gRPC in this process (and fires timers when asked) until SIGTERM or SIGINT."""
+    app = build_application(settings)
+    timers = TimerScheduler(app.database, app.processes, clock=app.clock) if scheduler else None
+    app.scheduler = timers
+    if timers is not None:
+        timers.start()
+    try:
+        serve(address, app, options)
+    finally:
+        if timers is not None:
+            timers.stop()
+
+
+def wait_healthy(target: str, timeout: float) -> None:
+    """Waits until the gRPC server at `target` reports SERVING."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} did not become healthy within {timeout:.0f} s ({last})")
+
+
+@dataclass
+class WorkerSpec:
+    host: str
+    port: int
+    scheduler: bool
+
+
+@dataclass
+class WorkerPool:
+    """Runs `orchestra serve` children, restarts any that die, and stops them all on request."""
+
+    settings: Settings
+    workers: Sequence[WorkerSpec]
+    log_dir: Path | None = None
+    _children: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
+    _restarts: list[int] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def _command(self, spec: WorkerSpec) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "orchestra_server.cli",
+            "serve",
+            "--grpc-host",
+            spec.host,
+            "--grpc-port",
+            str(spec.port),
+            "--workers",
+            "1",
+            "--data-dir",
+            str(self.settings.data_dir),
+            "--issuer",
+            self.settings.issuer,
+            "--audience",
+            self.settings.audience,
+            "--scheduler" if spec.scheduler else "--no-scheduler",
+        ]
+        if self.settings.db_url:
+            command += ["--db", self.settings.db_url]
+        return command
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        spec = self.workers[index]
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.log_dir / f"worker-{index}.log").open("ab")
+        try:
+            return subprocess.Popen(
+                self._command(spec), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT if output else None
+            )
+        finally:
+            if output is not None:
+                output.close()
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._children = [self._spawn(i) for i in range(len(self.workers))]
+        self._restarts = [0] * len(self.workers)
+        try:
+            for spec in self.workers:
+                wait_healthy(f"{connect_host(spec.host)}:{spec.port}", timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restarts children that exit on their own until `stop` is set."""
+        while not stop.wait(0.5):
+            for index, child in enumerate(self._children):
+                if child is not None and child.poll() is not None and not self._stopping.is_set():
+                    delay = RESTART_BACKOFF_SECONDS[min(self._restarts[index], len(RESTART_BACKOFF_SECONDS) - 1)]
+                    _log.warning("worker %d exited with %s; restarting in %.1f s", index, child.returncode, delay)
+                    if stop.wait(delay):
+                        return
+                    self._restarts[index] += 1
+                    self._children[index] = self._spawn(index)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        for child in self._children:
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self._children:
+            if child is None:
+                continue
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self._children if c is not None]
+
+
+def connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+
+
+def wait_for_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (installed in the main thread)."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
