@@ -52,7 +52,9 @@ class Settings:
     pool_size: int = 16
 
     @classmethod
-    def from_environment(cls, *, data_dir: Path | None = None, db_url: str | None = None, **overrides: object) -> Settings:
+    def from_environment(
+        cls, *, data_dir: Path | None = None, db_url: str | None = None, **overrides: object
+    ) -> Settings:
         env = os.environ
         values: dict[str, object] = {
             "data_dir": data_dir or Path(env.get("ORCHESTRA_DATA_DIR", str(DEFAULT_DATA_DIR))),

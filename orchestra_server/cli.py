@@ -1,4 +1,4 @@
-"""The `orchestra` command: serve, run with the edge, and administer definitions, tenants, consumers and keys."""
+"""The `orchestra` command: serve, run with the edge, administer definitions, tenants, consumers, keys."""
 
 from __future__ import annotations
 
@@ -141,8 +141,12 @@ def serve(
     type=click.IntRange(1, 65535),
     help="Port of the first worker; worker N listens on this port + N.",
 )
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core).")
-@click.option("--demo", is_flag=True, help="On a fresh database: deploy the examples and create a demo consumer.")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core)."
+)
+@click.option(
+    "--demo", is_flag=True, help="On a fresh database: deploy the examples and create a demo consumer."
+)
 @click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
 @click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
 @reports_errors
@@ -166,7 +170,9 @@ def up(
     fresh = _prepare_storage(settings)
     stop = runtime.wait_for_signal()
     sqlite = settings.db_url is None or settings.db_url.startswith("sqlite")
-    specs = [runtime.WorkerSpec(grpc_host, grpc_port + i, scheduler=i == 0 or not sqlite) for i in range(count)]
+    specs = [
+        runtime.WorkerSpec(grpc_host, grpc_port + i, scheduler=i == 0 or not sqlite) for i in range(count)
+    ]
     pool = runtime.WorkerPool(settings, specs, log_dir=settings.data_dir / "logs")
     pool.start()
     edge = EnvoyProcess(
@@ -315,7 +321,9 @@ def definition_list(settings: Settings, tenant: str | None, as_json: bool) -> No
         click.echo(json.dumps(items, indent=2))
         return
     for item in items:
-        click.echo(f"{item['id']}\tversion {item['version']}\t{item['tenant'] or '(shared)'}\t{item['deployed_at']}")
+        click.echo(
+            f"{item['id']}\tversion {item['version']}\t{item['tenant'] or '(shared)'}\t{item['deployed_at']}"
+        )
 
 
 # --- tenants, roles, consumers, keys -----------------------------------------------------------
@@ -429,7 +437,9 @@ def consumer() -> None:
 @click.option("--label", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @reports_errors
-def consumer_create(settings: Settings, tenant: str, roles: tuple[str, ...], label: str | None, as_json: bool) -> None:
+def consumer_create(
+    settings: Settings, tenant: str, roles: tuple[str, ...], label: str | None, as_json: bool
+) -> None:
     """Create a consumer and print its client id and secret (shown only this once)."""
     app = application(settings)
     try:
@@ -438,7 +448,13 @@ def consumer_create(settings: Settings, tenant: str, roles: tuple[str, ...], lab
         app.close()
     if as_json:
         click.echo(
-            json.dumps({"client_id": created.client_id, "client_secret": created.client_secret, "tenant": created.tenant})
+            json.dumps(
+                {
+                    "client_id": created.client_id,
+                    "client_secret": created.client_secret,
+                    "tenant": created.tenant,
+                }
+            )
         )
     else:
         click.echo(f"client_id:     {created.client_id}")
@@ -459,7 +475,7 @@ def consumer_list(settings: Settings, tenant: str | None, as_json: bool) -> None
         records = app.directory.list_consumers(tenant)
     finally:
         app.close()
-    items = [
+    items: list[dict[str, Any]] = [
         {
             "client_id": r.client_id,
             "tenant": r.tenant_id,
@@ -474,7 +490,11 @@ def consumer_list(settings: Settings, tenant: str | None, as_json: bool) -> None
         return
     for item in items:
         state = "revoked" if item["revoked"] else "active"
-        click.echo(f"{item['client_id']}\t{item['tenant']}\t{state}\t{','.join(item['roles'])}\t{item['label'] or ''}")
+        click.echo(
+            "\t".join(
+                [item["client_id"], item["tenant"], state, ",".join(item["roles"]), item["label"] or ""]
+            )
+        )
 
 
 @consumer.command("revoke")
@@ -528,7 +548,12 @@ def audit(settings: Settings, tenant: str | None, limit: int, as_json: bool) -> 
         if as_json:
             click.echo(json.dumps(record))
         else:
-            click.echo(f"{record['at']}\t{row['tenant_id']}\t{row['actor']}\t{row['action']}\t{row['instance_id'] or ''}")
+            click.echo(
+                "\t".join(
+                    str(v or "")
+                    for v in (record["at"], row["tenant_id"], row["actor"], row["action"], row["instance_id"])
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def vendor_google_api(proto_root: Path) -> None:
 
 def generate(out_root: Path) -> None:
     """Writes the whole of gen/ into out_root (which is emptied first)."""
-    from grpc_tools import protoc  # type: ignore[import-untyped]
+    from grpc_tools import protoc
 
     if out_root.exists():
         shutil.rmtree(out_root)

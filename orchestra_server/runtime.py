@@ -29,7 +29,9 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def run_worker(settings: Settings, address: str, *, scheduler: bool, options: ServerOptions | None = None) -> None:
+def run_worker(
+    settings: Settings, address: str, *, scheduler: bool, options: ServerOptions | None = None
+) -> None:
     """Serves gRPC in this process (and fires timers when asked) until SIGTERM or SIGINT."""
     app = build_application(settings)
     timers = TimerScheduler(app.database, app.processes, clock=app.clock) if scheduler else None
@@ -110,7 +112,10 @@ class WorkerPool:
             output = (self.log_dir / f"worker-{index}.log").open("ab")
         try:
             return subprocess.Popen(
-                self._command(spec), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT if output else None
+                self._command(spec),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
             )
         finally:
             if output is not None:
@@ -131,8 +136,12 @@ class WorkerPool:
         while not stop.wait(0.5):
             for index, child in enumerate(self._children):
                 if child is not None and child.poll() is not None and not self._stopping.is_set():
-                    delay = RESTART_BACKOFF_SECONDS[min(self._restarts[index], len(RESTART_BACKOFF_SECONDS) - 1)]
-                    _log.warning("worker %d exited with %s; restarting in %.1f s", index, child.returncode, delay)
+                    delay = RESTART_BACKOFF_SECONDS[
+                        min(self._restarts[index], len(RESTART_BACKOFF_SECONDS) - 1)
+                    ]
+                    _log.warning(
+                        "worker %d exited with %s; restarting in %.1f s", index, child.returncode, delay
+                    )
                     if stop.wait(delay):
                         return
                     self._restarts[index] += 1

@@ -78,7 +78,9 @@ def load_definition_files(paths: Sequence[Path]) -> list[LoadedDefinition]:
             problems.extend(exc.problems)
             continue
         if item.definition.id in seen:
-            problems.append(f"{item.source}: definition id '{item.definition.id}' is also in {seen[item.definition.id]}")
+            problems.append(
+                f"{item.source}: definition id '{item.definition.id}' is also in {seen[item.definition.id]}"
+            )
         seen[item.definition.id] = item.source
         loaded.append(item)
     if problems:
@@ -103,7 +105,9 @@ class DefinitionService:
             for item in loaded:
                 latest = repo.latest_definition_version(conn, tenant_key, item.definition.id)
                 if latest is not None and latest.content_hash == item.content_hash:
-                    results.append(DeployResult(item.definition.id, tenant, latest.version, False, item.source))
+                    results.append(
+                        DeployResult(item.definition.id, tenant, latest.version, False, item.source)
+                    )
                     continue
                 version = latest.version + 1 if latest else 1
                 repo.insert_definition_version(

@@ -87,7 +87,9 @@ class DirectoryService:
 
     # --- consumers ---------------------------------------------------------------------------
 
-    def create_consumer(self, tenant: str, roles: list[str] | None = None, label: str | None = None) -> NewConsumer:
+    def create_consumer(
+        self, tenant: str, roles: list[str] | None = None, label: str | None = None
+    ) -> NewConsumer:
         """Creates a consumer bound for good to `tenant`; the secret is returned once and only hashed."""
         roles = list(dict.fromkeys(roles or [BUILTIN_ROLE]))
         client_id = client_secrets.new_client_id()
@@ -100,7 +102,13 @@ class DirectoryService:
                 self._require_role(conn, role)
             now = self._clock()
             tenancy.insert_consumer(
-                conn, client_id=client_id, tenant_id=tenant, label=label, secret_hash=secret_hash, roles=roles, now=now
+                conn,
+                client_id=client_id,
+                tenant_id=tenant,
+                label=label,
+                secret_hash=secret_hash,
+                roles=roles,
+                now=now,
             )
             self._audit(conn, now, tenant, "consumer.create", {"client_id": client_id, "roles": roles})
         return NewConsumer(client_id, secret, tenant)
@@ -140,8 +148,12 @@ class DirectoryService:
         if not tenancy.role_exists(conn, role):
             raise InvalidArgument(f"unknown role '{role}'")
 
-    def _audit(self, conn: Connection, now: datetime, tenant: str, action: str, detail: dict[str, Json]) -> None:
-        repo.record_audit(conn, at=now, tenant_id=tenant, actor="operator", action=action, instance_id=None, detail=detail)
+    def _audit(
+        self, conn: Connection, now: datetime, tenant: str, action: str, detail: dict[str, Json]
+    ) -> None:
+        repo.record_audit(
+            conn, at=now, tenant_id=tenant, actor="operator", action=action, instance_id=None, detail=detail
+        )
 
 
 def _check_permission(permission: str) -> None:

@@ -1,4 +1,4 @@
-"""The process use cases: start, inspect, signal and fire, read and write variables, all scoped to one tenant."""
+"""The process use cases: start, inspect, signal, fire, read and write variables; all scoped to one tenant."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from orchestra_server.engine import engine
-from orchestra_server.service.definitions import parse_stored
 from orchestra_server.engine.model import Definition, InstanceStatus, Json, Token
 from orchestra_server.errors import (
     IdempotencyConflict,
@@ -26,6 +25,7 @@ from orchestra_server.errors import (
     UnknownDefinition,
 )
 from orchestra_server.service import limits
+from orchestra_server.service.definitions import parse_stored
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage.database import Database
 
@@ -126,7 +126,10 @@ class ProcessService:
             raise UnknownDefinition()
         request_hash = None
         if idempotency_key is not None:
-            if not 0 < len(idempotency_key) <= limits.MAX_IDEMPOTENCY_KEY_LENGTH or not idempotency_key.isprintable():
+            if (
+                not 0 < len(idempotency_key) <= limits.MAX_IDEMPOTENCY_KEY_LENGTH
+                or not idempotency_key.isprintable()
+            ):
                 raise InvalidArgument("idempotency key must be 1 to 200 printable characters")
             request_hash = hashlib.sha256(
                 repo.dump_json([definition_id, sorted(encoded.items())]).encode()

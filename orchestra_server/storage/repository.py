@@ -6,9 +6,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
 
 from orchestra_server.engine.model import InstanceStatus, Json, Token, TokenStatus
 from orchestra_server.storage.schema import (
@@ -21,12 +21,12 @@ from orchestra_server.storage.schema import (
     VariableRow,
 )
 
-definitions_t = DefinitionRow.__table__
-instances_t = InstanceRow.__table__
-tokens_t = TokenRow.__table__
-variables_t = VariableRow.__table__
-audit_t = AuditRow.__table__
-idempotency_t = IdempotencyKeyRow.__table__
+definitions_t = cast(Table, DefinitionRow.__table__)
+instances_t = cast(Table, InstanceRow.__table__)
+tokens_t = cast(Table, TokenRow.__table__)
+variables_t = cast(Table, VariableRow.__table__)
+audit_t = cast(Table, AuditRow.__table__)
+idempotency_t = cast(Table, IdempotencyKeyRow.__table__)
 
 
 def dump_json(value: Json) -> str:
@@ -59,7 +59,9 @@ class InstanceHeader:
 # --- definitions ---------------------------------------------------------------------------
 
 
-def latest_definition_version(conn: Connection, tenant_key: str, definition_id: str) -> StoredDefinition | None:
+def latest_definition_version(
+    conn: Connection, tenant_key: str, definition_id: str
+) -> StoredDefinition | None:
     row = conn.execute(
         select(definitions_t)
         .where(definitions_t.c.tenant_key == tenant_key, definitions_t.c.definition_id == definition_id)
@@ -187,8 +189,12 @@ _HEADER_COLUMNS = (
 )
 
 
-def find_instance(conn: Connection, tenant_id: str, instance_id: str, *, lock: bool = False) -> InstanceHeader | None:
-    query = select(*_HEADER_COLUMNS).where(instances_t.c.id == instance_id, instances_t.c.tenant_id == tenant_id)
+def find_instance(
+    conn: Connection, tenant_id: str, instance_id: str, *, lock: bool = False
+) -> InstanceHeader | None:
+    query = select(*_HEADER_COLUMNS).where(
+        instances_t.c.id == instance_id, instances_t.c.tenant_id == tenant_id
+    )
     if lock:
         query = query.with_for_update()
     row = conn.execute(query).first()
@@ -258,7 +264,9 @@ def delete_tokens(conn: Connection, instance_seq: int, token_ids: Sequence[str])
 
 
 def set_instance_status(conn: Connection, seq: int, status: InstanceStatus, now: datetime) -> None:
-    conn.execute(update(instances_t).where(instances_t.c.seq == seq).values(status=status.value, updated_at=now))
+    conn.execute(
+        update(instances_t).where(instances_t.c.seq == seq).values(status=status.value, updated_at=now)
+    )
 
 
 def list_instances(
@@ -313,7 +321,7 @@ def claim_due_tokens(
         .values(claimed_until=lease_until)
         .returning(tokens_t.c.id, tokens_t.c.tenant_id, tokens_t.c.due_at)
     ).all()
-    rows.sort(key=lambda r: (r.due_at, r.id))
+    rows = sorted(rows, key=lambda r: (r.due_at, r.id))
     return [(row.id, row.tenant_id) for row in rows]
 
 
@@ -379,7 +387,12 @@ def record_audit(
 ) -> None:
     conn.execute(
         insert(audit_t).values(
-            at=at, tenant_id=tenant_id, actor=actor, action=action, instance_id=instance_id, detail=dump_json(detail)
+            at=at,
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action,
+            instance_id=instance_id,
+            detail=dump_json(detail),
         )
     )
 
@@ -392,7 +405,9 @@ def read_audit(conn: Connection, tenant_id: str | None, limit: int) -> list[dict
     return [dict(row._mapping) for row in rows]
 
 
-def find_idempotency_key(conn: Connection, tenant_id: str, key: str, not_before: datetime) -> tuple[str, str] | None:
+def find_idempotency_key(
+    conn: Connection, tenant_id: str, key: str, not_before: datetime
+) -> tuple[str, str] | None:
     row = conn.execute(
         select(idempotency_t.c.request_hash, idempotency_t.c.instance_id).where(
             idempotency_t.c.tenant_id == tenant_id,
@@ -407,7 +422,9 @@ def store_idempotency_key(
     conn: Connection, *, tenant_id: str, key: str, request_hash: str, instance_id: str, now: datetime
 ) -> None:
     # An expired row with the same key is replaced; the caller holds the write lock.
-    conn.execute(delete(idempotency_t).where(idempotency_t.c.tenant_id == tenant_id, idempotency_t.c.key == key))
+    conn.execute(
+        delete(idempotency_t).where(idempotency_t.c.tenant_id == tenant_id, idempotency_t.c.key == key)
+    )
     conn.execute(
         insert(idempotency_t).values(
             tenant_id=tenant_id, key=key, request_hash=request_hash, instance_id=instance_id, created_at=now
@@ -422,4 +439,3 @@ def forget_idempotency_keys(conn: Connection, older_than: datetime) -> int:
 def count_instances_by_status(conn: Connection) -> dict[str, int]:
     rows = conn.execute(select(instances_t.c.status, func.count()).group_by(instances_t.c.status))
     return {row[0]: int(row[1]) for row in rows}
-

@@ -31,7 +31,6 @@ NAMING = {
 }
 
 
-
 class UtcDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every dialect (SQLite keeps naive UTC text that sorts correctly)."""
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from orchestra_server.storage.schema import (
     ConsumerRoleRow,
@@ -15,11 +16,11 @@ from orchestra_server.storage.schema import (
     TenantRow,
 )
 
-tenants_t = TenantRow.__table__
-roles_t = RoleRow.__table__
-role_permissions_t = RolePermissionRow.__table__
-consumers_t = ConsumerRow.__table__
-consumer_roles_t = ConsumerRoleRow.__table__
+tenants_t = cast(Table, TenantRow.__table__)
+roles_t = cast(Table, RoleRow.__table__)
+role_permissions_t = cast(Table, RolePermissionRow.__table__)
+consumers_t = cast(Table, ConsumerRow.__table__)
+consumer_roles_t = cast(Table, ConsumerRoleRow.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +75,13 @@ def revoke_permission(conn: Connection, role: str, permission: str) -> None:
 
 
 def list_roles(conn: Connection) -> dict[str, list[str]]:
-    roles: dict[str, list[str]] = {r[0]: [] for r in conn.execute(select(roles_t.c.name).order_by(roles_t.c.name))}
+    roles: dict[str, list[str]] = {
+        r[0]: [] for r in conn.execute(select(roles_t.c.name).order_by(roles_t.c.name))
+    }
     for role, permission in conn.execute(
-        select(role_permissions_t.c.role, role_permissions_t.c.permission).order_by(role_permissions_t.c.permission)
+        select(role_permissions_t.c.role, role_permissions_t.c.permission).order_by(
+            role_permissions_t.c.permission
+        )
     ):
         roles.setdefault(role, []).append(permission)
     return roles

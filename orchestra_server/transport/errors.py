@@ -41,7 +41,7 @@ _log = logging.getLogger("orchestra.transport")
 
 def grpc_code_for(error: errors.OrchestraError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
-        code = GRPC_CODES.get(cls)  # type: ignore[arg-type]
+        code = GRPC_CODES.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

@@ -34,13 +34,13 @@ def current_caller() -> Caller:
 
 
 def metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            return str(item.value)
+    for item_key, item_value in context.invocation_metadata() or ():
+        if item_key == key:
+            return item_value if isinstance(item_value, str) else item_value.decode("latin-1")
     return None
 
 
-class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticate: Authenticates, clock: Callable[[], datetime]) -> None:
         self._authenticate = authenticate
         self._clock = clock

@@ -51,12 +51,16 @@ def create_server(
         ],
     )
     pb_grpc.add_OrchestraServiceServicer_to_server(OrchestraServicer(app.processes), server)
-    auth_grpc.add_AuthServiceServicer_to_server(AuthServicer(app.token_endpoint, app.jwks_json, app.clock), server)
+    auth_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(app.token_endpoint, app.jwks_json, app.clock), server
+    )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
@@ -74,13 +78,21 @@ def _watch_health(app: Application, health_servicer: health.HealthServicer, stop
         if serving == (not problems):
             continue
         serving = not problems
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         _log.warning("health: %s", "serving" if serving else ", ".join(problems))
         for name in (*SERVICE_NAMES, ""):
             health_servicer.set(name, status)
 
 
-def serve(address: str, app: Application, options: ServerOptions | None = None, *, ready: threading.Event | None = None) -> None:
+def serve(
+    address: str,
+    app: Application,
+    options: ServerOptions | None = None,
+    *,
+    ready: threading.Event | None = None,
+) -> None:
     """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish."""
     options = options or ServerOptions()
     server, port, health_servicer = create_server(address, app, options)

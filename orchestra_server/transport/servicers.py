@@ -28,7 +28,9 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
     def __init__(self, processes: ProcessService) -> None:
         self._processes = processes
 
-    def StartProcess(self, request: pb.StartProcessRequest, context: grpc.ServicerContext) -> pb.StartProcessResponse:
+    def StartProcess(
+        self, request: pb.StartProcessRequest, context: grpc.ServicerContext
+    ) -> pb.StartProcessResponse:
         instance_id = self._processes.start_process(
             current_caller(),
             request.definition_id,
@@ -49,11 +51,16 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
             page_token=request.page_token,
         )
         return pb.ListInstancesResponse(
-            instances=[pb.InstanceSummary(id=s.id, definition_id=s.definition_id, status=s.status) for s in page.instances],
+            instances=[
+                pb.InstanceSummary(id=s.id, definition_id=s.definition_id, status=s.status)
+                for s in page.instances
+            ],
             next_page_token=page.next_page_token,
         )
 
-    def GetInstance(self, request: pb.GetInstanceRequest, context: grpc.ServicerContext) -> pb.GetInstanceResponse:
+    def GetInstance(
+        self, request: pb.GetInstanceRequest, context: grpc.ServicerContext
+    ) -> pb.GetInstanceResponse:
         view = self._processes.get_instance(current_caller(), request.instance_id)
         return pb.GetInstanceResponse(
             instance=pb.Instance(
@@ -65,7 +72,9 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
             )
         )
 
-    def SignalToken(self, request: pb.SignalTokenRequest, context: grpc.ServicerContext) -> pb.SignalTokenResponse:
+    def SignalToken(
+        self, request: pb.SignalTokenRequest, context: grpc.ServicerContext
+    ) -> pb.SignalTokenResponse:
         self._processes.signal_token(current_caller(), request.token_id)
         return pb.SignalTokenResponse(status="signalled")
 
@@ -78,7 +87,9 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
             values.to_proto(value, response.variables[name])
         return response
 
-    def SetVariable(self, request: pb.SetVariableRequest, context: grpc.ServicerContext) -> pb.SetVariableResponse:
+    def SetVariable(
+        self, request: pb.SetVariableRequest, context: grpc.ServicerContext
+    ) -> pb.SetVariableResponse:
         if not request.HasField("value"):
             raise InvalidArgument("value is required")
         self._processes.set_variable(
@@ -95,7 +106,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         self._jwks = jwks
         self._clock = clock
 
-    def IssueToken(self, request: auth_pb.IssueTokenRequest, context: grpc.ServicerContext) -> auth_pb.IssueTokenResponse:
+    def IssueToken(
+        self, request: auth_pb.IssueTokenRequest, context: grpc.ServicerContext
+    ) -> auth_pb.IssueTokenResponse:
         answer = self._endpoint.handle(
             request.http_body.data,
             request.http_body.content_type or None,
@@ -113,8 +126,9 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
             http_body=httpbody_pb2.HttpBody(content_type="application/json", data=answer.body)
         )
 
-    def GetJwks(self, request: auth_pb.GetJwksRequest, context: grpc.ServicerContext) -> auth_pb.GetJwksResponse:
+    def GetJwks(
+        self, request: auth_pb.GetJwksRequest, context: grpc.ServicerContext
+    ) -> auth_pb.GetJwksResponse:
         return auth_pb.GetJwksResponse(
             http_body=httpbody_pb2.HttpBody(content_type="application/json", data=self._jwks(self._clock()))
         )
-

@@ -199,7 +199,9 @@ def test_list_newest_first_filtered_and_paged(world: World) -> None:
     seen: list[str] = []
     token = ""
     while True:
-        page = world.processes.list_instances(ALICE, definition_id="three_step", page_size=3, page_token=token)
+        page = world.processes.list_instances(
+            ALICE, definition_id="three_step", page_size=3, page_token=token
+        )
         seen.extend(s.id for s in page.instances)
         token = page.next_page_token
         if not token:
@@ -225,7 +227,7 @@ def test_variables_round_trip_and_limits(world: World) -> None:
         "flag": True,
         "count": 3,
         "ratio": 0.25,
-        "text": "snow \u2603 and \U0001f600, quotes \" and \\",
+        "text": 'snow \u2603 and \U0001f600, quotes " and \\',
         "nested": {"a": [1, {"b": None}], "z": "last"},
     }
     for name, value in samples.items():

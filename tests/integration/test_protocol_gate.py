@@ -33,7 +33,9 @@ def test_buf_format() -> None:
 def _main_ref() -> str | None:
     for ref in ("main", "origin/main"):
         probe = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", f"{ref}:proto/orchestra"], cwd=ROOT, capture_output=True
+            ["git", "rev-parse", "--verify", "--quiet", f"{ref}:proto/orchestra"],
+            cwd=ROOT,
+            capture_output=True,
         )
         if probe.returncode == 0:
             return ref

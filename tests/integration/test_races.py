@@ -61,7 +61,7 @@ def test_racing_signals_on_one_token_advance_once(database: Database, tmp_path: 
     for _ in range(5):
         instance_id = processes.start_process(ALICE, "three_step", {})
         [token] = processes.get_instance(ALICE, instance_id).tokens
-        results = run_together([lambda: processes.signal_token(ALICE, token.id)] * 6)
+        results = run_together([lambda t=token.id: processes.signal_token(ALICE, t)] * 6)
         winners = [r for r in results if r is None]
         losers = [r for r in results if isinstance(r, errors.TokenNotParked)]
         assert (len(winners), len(losers)) == (1, 5), results
@@ -138,5 +138,3 @@ def test_two_server_processes_on_one_postgres_signal_each_token_once(
         assert statuses == {"completed"}
     finally:
         database.dispose()
-
-

@@ -115,14 +115,14 @@ def test_scheduler_fire_racing_a_hand_signal_advances_once(world: World, databas
         world.clock.advance(timedelta(hours=1))
         sched = scheduler(world, database)
 
-        def by_hand() -> str:
+        def by_hand(token_id: str = token_id) -> str:
             try:
                 world.processes.signal_token(ALICE, token_id)
             except errors.TokenNotParked:
                 return "lost"
             return "won"
 
-        def by_scheduler() -> str:
+        def by_scheduler(sched: TimerScheduler = sched) -> str:
             return "won" if sched.run_once() == 1 else "lost"
 
         outcome = run_together([by_hand, by_scheduler])

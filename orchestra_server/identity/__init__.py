@@ -1,0 +1,1 @@
+"""Consumer identity: client secrets, signing keys, access tokens and the token endpoint."""

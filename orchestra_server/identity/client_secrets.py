@@ -1,0 +1,152 @@
+"""Consumer client ids and secrets, and the slow salted hash the secrets are stored as."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+_SCHEME = "scrypt"
+_SALT_BYTES = 16
+_HASH_BYTES = 32
+# Bounds for parameters read back from storage: a tampered row must not make
+# one verification allocate gigabytes or spin for minutes.
+_MAX_N = 2**20
+_MAX_R = 32
+_MAX_P = 16
+
+
+@dataclass(frozen=True)
+class ScryptParams:
+    """The cost parameters of one scrypt hash (RFC 7914)."""
+
+    n: int
+    r: int
+    p: int
+
+    def __post_init__(self) -> None:
+        if not (2 <= self.n <= _MAX_N and self.n & (self.n - 1) == 0):
+            raise ValueError("scrypt n must be a power of two between 2 and 2**20")
+        if not (1 <= self.r <= _MAX_R and 1 <= self.p <= _MAX_P):
+            raise ValueError("scrypt r or p out of range")
+
+    @property
+    def maxmem(self) -> int:
+        # OpenSSL refuses anything above its 32 MiB default unless told; scrypt
+        # needs 128 * r * (n + p) bytes, plus headroom.
+        return 128 * self.r * (self.n + self.p + 2) + 1024 * 1024
+
+
+# About 0.1 s on a current server core: slow enough to make offline guessing
+# expensive, fast enough that the token endpoint is not a denial-of-service lever.
+DEFAULT_PARAMS = ScryptParams(n=2**15, r=8, p=1)
+
+
+@dataclass(frozen=True)
+class StoredHash:
+    """A parsed `scrypt$n$r$p$salt$hash` string."""
+
+    params: ScryptParams
+    salt: bytes
+    digest: bytes
+
+
+def new_client_id() -> str:
+    """A random, public client identifier (128 bits, hex so it is safe in any context)."""
+    return secrets.token_hex(16)
+
+
+def new_client_secret() -> str:
+    """A random client secret: 256 bits, URL-safe base64 without padding."""
+    return secrets.token_urlsafe(32)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or not text.isascii():
+        raise ValueError("bad base64")
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(padded, altchars=b"-_", validate=True)
+    except binascii.Error as exc:
+        raise ValueError("bad base64") from exc
+    # Only the canonical spelling is accepted, so one hash has one string.
+    if _b64(data) != text:
+        raise ValueError("non-canonical base64")
+    return data
+
+
+def _derive(secret: str, salt: bytes, params: ScryptParams, length: int) -> bytes:
+    return hashlib.scrypt(
+        secret.encode("utf-8"),
+        salt=salt,
+        n=params.n,
+        r=params.r,
+        p=params.p,
+        maxmem=params.maxmem,
+        dklen=length,
+    )
+
+
+def hash_secret(secret: str, params: ScryptParams = DEFAULT_PARAMS) -> str:
+    """The storable form `scrypt$n$r$p$salt$hash` of a secret, with a fresh random salt."""
+    salt = secrets.token_bytes(_SALT_BYTES)
+    digest = _derive(secret, salt, params, _HASH_BYTES)
+    return f"{_SCHEME}${params.n}${params.r}${params.p}${_b64(salt)}${_b64(digest)}"
+
+
+def _parse_int(text: str) -> int:
+    if not text.isdigit() or not text.isascii() or (len(text) > 1 and text[0] == "0"):
+        raise ValueError("bad integer")
+    return int(text)
+
+
+def parse_hash(stored: str) -> StoredHash:
+    """Parse a stored hash string; ValueError if it is not one this module wrote."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != _SCHEME:
+        raise ValueError("not an scrypt hash")
+    params = ScryptParams(n=_parse_int(parts[1]), r=_parse_int(parts[2]), p=_parse_int(parts[3]))
+    salt, digest = _unb64(parts[4]), _unb64(parts[5])
+    if len(salt) < _SALT_BYTES or not (_HASH_BYTES <= len(digest) <= 64):
+        raise ValueError("salt or hash has the wrong length")
+    return StoredHash(params=params, salt=salt, digest=digest)
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Whether `secret` matches the stored hash; False (never an exception) for a damaged hash."""
+    try:
+        parsed = parse_hash(stored)
+    except ValueError:
+        return False
+    candidate = _derive(secret, parsed.salt, parsed.params, len(parsed.digest))
+    return hmac.compare_digest(candidate, parsed.digest)
+
+
+def needs_rehash(stored: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
+    """Whether a stored hash is weaker than `params` (or unreadable), so it should be re-hashed."""
+    try:
+        parsed = parse_hash(stored)
+    except ValueError:
+        return True
+    old = parsed.params
+    return old.n < params.n or old.r < params.r or old.p < params.p
+
+
+def dummy_verify(secret: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
+    """Spend what a real verification with `params` spends, and return False.
+
+    Called when the client id is unknown so that its answer takes as long as
+    a wrong secret's: response time must not tell whether a client exists.
+    """
+    # A random salt and digest: deriving costs the same as for a real hash,
+    # and a 256-bit random digest is never matched.
+    candidate = _derive(secret, secrets.token_bytes(_SALT_BYTES), params, _HASH_BYTES)
+    hmac.compare_digest(candidate, secrets.token_bytes(_HASH_BYTES))
+    return False

@@ -1,0 +1,113 @@
+"""The rendered edge bootstrap passes Envoy's own validation, and the check can fail."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from orchestra_server.edge import (
+    EdgeConfigError,
+    EdgeSettings,
+    TenantRateLimit,
+    Upstream,
+    render_envoy_config,
+    validate_config,
+)
+from orchestra_server.edge.config import EDGE_DIR_ENV, LUA_NAME, edge_dir
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _write(tmp_path: Path, settings: EdgeSettings) -> Path:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_envoy_config(settings), encoding="utf-8")
+    return path
+
+
+def test_one_upstream_validates(tmp_path: Path) -> None:
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    validate_config(_write(tmp_path, settings))
+
+
+def test_several_upstreams_validate_and_are_all_listed(tmp_path: Path) -> None:
+    upstreams = tuple(Upstream("127.0.0.1", port) for port in (50051, 50052, 50053))
+    settings = EdgeSettings(rest_port=18080, upstreams=upstreams, admin_port=None, tenant_rate_limit=None)
+    path = _write(tmp_path, settings)
+    validate_config(path)
+    text = path.read_text(encoding="utf-8")
+    for port in (50051, 50052, 50053):
+        assert f"port_value: {port}" in text
+    assert "admin:" not in text
+    assert "envoy.filters.http.local_ratelimit" not in text
+
+
+def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
+    settings = EdgeSettings(
+        rest_port=18081,
+        rest_host="0.0.0.0",  # noqa: S104 - rendered and validated, never bound
+        upstreams=(Upstream("localhost", 50051),),
+        issuer="https://issuer.example",
+        audience="aud-x",
+        jwks_cache_seconds=45,
+        max_request_bytes=12345,
+        admin_port=19901,
+        tenant_rate_limit=TenantRateLimit(requests_per_second=7, burst=9),
+    )
+    path = _write(tmp_path, settings)
+    validate_config(path)
+    text = path.read_text(encoding="utf-8")
+    for expected in (
+        '"https://issuer.example"',
+        '"aud-x"',
+        '"45s"',
+        "max_request_bytes: 12345",
+        "port_value: 19901",
+        "tokens_per_fill: 7",
+        "max_tokens: 9",
+        # A wildcard listener fetches its JWKS over loopback.
+        '"http://127.0.0.1:18081/.well-known/jwks.json"',
+    ):
+        assert expected in text
+
+
+def test_broken_descriptor_path_fails_validation(tmp_path: Path) -> None:
+    settings = EdgeSettings(
+        rest_port=18080,
+        upstreams=(Upstream("127.0.0.1", 50051),),
+        descriptor_path=tmp_path / "missing.pb",
+    )
+    with pytest.raises(EdgeConfigError, match=r"missing\.pb"):
+        validate_config(_write(tmp_path, settings))
+
+
+def test_templates_come_from_the_override_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    override = tmp_path / "edge"
+    shutil.copytree(edge_dir(), override)
+    # A Lua syntax error proves both that the override is read and that
+    # validation compiles the script.
+    (override / LUA_NAME).write_text("function envoy_on_response(handle\n", encoding="utf-8")
+    monkeypatch.setenv(EDGE_DIR_ENV, str(override))
+    assert edge_dir() == override
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    with pytest.raises(EdgeConfigError):
+        validate_config(_write(tmp_path, settings))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rest_port": 0},
+        {"upstreams": ()},
+        {"upstreams": (Upstream("127.0.0.1", 0),)},
+        {"jwks_cache_seconds": 0},
+        {"max_request_bytes": 0},
+        {"admin_port": 70000},
+        {"tenant_rate_limit": TenantRateLimit(requests_per_second=0)},
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
+    base: dict[str, object] = {"rest_port": 18080, "upstreams": (Upstream("127.0.0.1", 50051),)}
+    with pytest.raises(ValueError, match=r"."):
+        EdgeSettings(**{**base, **kwargs})  # type: ignore[arg-type]
