@@ -115,3 +115,42 @@ class Token:
     due_at: datetime | None = None
     # Incident tokens: why the token could not move.
     message: str | None = None
+
+
+class EventKind(StrEnum):
+    """What an `Event` records."""
+
+    # The instance began: its first token is on the start node.
+    STARTED = "started"
+    # A parked token was released by hand.
+    SIGNALLED = "signalled"
+    # The scheduler released a timer token, or a wait token whose timeout ran out.
+    TIMER_FIRED = "timer_fired"
+    TIMEOUT_FIRED = "timeout_fired"
+    # An incident token was retried.
+    RETRIED = "retried"
+    # A token left a node along `flows`, creating `tokens`.
+    ROUTED = "routed"
+    PARKED = "parked"
+    # A token arrived at a join by `flows[0]` and waits for its partners.
+    WAITING = "waiting"
+    # A join consumed `tokens` (one per flow in `flows`) and activated its node with `token_id`.
+    JOIN_FIRED = "join_fired"
+    INCIDENT = "incident"
+    # A token reached an end node and was consumed.
+    ENDED = "ended"
+    # No live token remains.
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of an instance's audit trail, as the engine reports it."""
+
+    kind: EventKind
+    node_id: str | None = None
+    token_id: str | None = None
+    flows: tuple[int, ...] = ()
+    tokens: tuple[str, ...] = ()
+    due_at: datetime | None = None
+    message: str | None = None
