@@ -13,7 +13,8 @@ from orchestra_server import errors
 from orchestra_server.service.processes import Caller
 from orchestra_server.transport.errors import abort
 
-ORCHESTRA_SERVICE_PREFIX = "/orchestra.v1.OrchestraService/"
+# Every service but AuthService (which issues the tokens) needs a valid access token.
+AUTHENTICATED_PREFIXES = ("/orchestra.v1.OrchestraService/", "/orchestra.v1.DiagnosticsService/")
 # Forwarded by the edge from the verified token; a direct caller may send it too, but it
 # must then agree with the token: it never chooses the tenant on its own.
 TENANT_METADATA = "x-orchestra-tenant"
@@ -53,7 +54,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         method: str = details.method
         inner = handler.unary_unary
-        needs_token = method.startswith(ORCHESTRA_SERVICE_PREFIX)
+        needs_token = method.startswith(AUTHENTICATED_PREFIXES)
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             try:

@@ -11,17 +11,19 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from orchestra.v1 import auth_service_pb2, orchestra_service_pb2
+from orchestra.v1 import auth_service_pb2, diagnostics_service_pb2, orchestra_service_pb2
 from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
+from orchestra.v1 import diagnostics_service_pb2_grpc as diag_grpc
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
 from orchestra_server.bootstrap import Application
 from orchestra_server.transport.guard import GuardInterceptor
-from orchestra_server.transport.servicers import AuthServicer, OrchestraServicer
+from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
 
 SERVICE_NAMES = (
     orchestra_service_pb2.DESCRIPTOR.services_by_name["OrchestraService"].full_name,
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    diagnostics_service_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
 )
 _log = logging.getLogger("orchestra.server")
 
@@ -54,6 +56,7 @@ def create_server(
     auth_grpc.add_AuthServiceServicer_to_server(
         AuthServicer(app.token_endpoint, app.jwks_json, app.clock), server
     )
+    diag_grpc.add_DiagnosticsServiceServicer_to_server(DiagnosticsServicer(), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

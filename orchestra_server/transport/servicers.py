@@ -10,6 +10,8 @@ import grpc
 from google.api import httpbody_pb2
 from orchestra.v1 import auth_service_pb2 as auth_pb
 from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
+from orchestra.v1 import diagnostics_service_pb2 as diag_pb
+from orchestra.v1 import diagnostics_service_pb2_grpc as diag_grpc
 from orchestra.v1 import orchestra_service_pb2 as pb
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
@@ -132,3 +134,8 @@ class AuthServicer(auth_grpc.AuthServiceServicer):
         return auth_pb.GetJwksResponse(
             http_body=httpbody_pb2.HttpBody(content_type="application/json", data=self._jwks(self._clock()))
         )
+
+
+class DiagnosticsServicer(diag_grpc.DiagnosticsServiceServicer):
+    def Ping(self, request: diag_pb.PingRequest, context: grpc.ServicerContext) -> diag_pb.PingResponse:
+        return diag_pb.PingResponse(status="ok", tenant_id=current_caller().tenant_id)

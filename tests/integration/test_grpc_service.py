@@ -301,3 +301,15 @@ def _b64(part: str) -> bytes:
     import base64
 
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def test_ping_authenticates_like_every_call(stack: Stack) -> None:
+    from orchestra.v1 import diagnostics_service_pb2 as diag_pb
+    from orchestra.v1 import diagnostics_service_pb2_grpc as diag_grpc
+
+    ping = diag_grpc.DiagnosticsServiceStub(stack.channel)
+    code, _, _ = failure(lambda: ping.Ping(diag_pb.PingRequest()))
+    assert code is grpc.StatusCode.UNAUTHENTICATED
+    token, _ = stack.token("globex")
+    answer = ping.Ping(diag_pb.PingRequest(), metadata=bearer(token))
+    assert (answer.status, answer.tenant_id) == ("ok", "globex")
