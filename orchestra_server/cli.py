@@ -45,6 +45,62 @@ def storage_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def observability_options(func: F) -> F:
+    """--metrics-host, --metrics-port and --log-format, taken by the serving commands; sets up logging."""
+
+    @click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        envvar="ORCHESTRA_METRICS_HOST",
+        help="Address the Prometheus metrics endpoints listen on.",
+    )
+    @click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        envvar="ORCHESTRA_METRICS_PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics; worker N uses this port + N "
+        "(0: each picks a free port and logs it). Default: no metrics endpoint.",
+    )
+    @click.option(
+        "--log-format",
+        type=click.Choice(["json", "text"]),
+        default=None,
+        envvar="ORCHESTRA_LOG_FORMAT",
+        help="Log line format (default: text on a terminal, else one JSON object per line).",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, log_format: str | None, **kwargs: Any) -> Any:
+        from orchestra_server.observability.logs import configure_logging
+
+        configure_logging(
+            os.environ.get("ORCHESTRA_LOG_LEVEL", "INFO"),
+            json=(log_format or default_log_format()) == "json",
+        )
+        return func(*args, log_format=log_format, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def default_log_format() -> str:
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def metrics_ports(base: int | None, count: int, grpc_ports: set[int]) -> list[int | None]:
+    """Worker N's metrics port: `base` + N (all 0 when `base` is 0, all None when it is unset)."""
+    if base is None:
+        return [None] * count
+    if base == 0:
+        return [0] * count
+    ports = [base + i for i in range(count)]
+    if ports[-1] > 65535:
+        raise click.UsageError(f"--metrics-port {base} leaves no room for {count} workers")
+    if grpc_ports.intersection(ports):
+        raise click.UsageError("the metrics ports overlap the gRPC ports")
+    return list(ports)
+
+
 def reports_errors(func: F) -> F:
     """Domain errors end the command with their message and exit status 1, never a traceback."""
 
@@ -93,6 +149,7 @@ def main() -> None:
 )
 @click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
 @click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
+@observability_options
 @reports_errors
 def serve(
     settings: Settings,
@@ -102,24 +159,38 @@ def serve(
     scheduler: bool | None,
     issuer: str | None,
     audience: str | None,
+    metrics_host: str,
+    metrics_port: int | None,
+    log_format: str | None,
 ) -> None:
     """Run the gRPC service alone (for deployments with their own edge)."""
     from orchestra_server import runtime
 
     settings = _with_identity(settings, issuer, audience)
     count = workers or runtime.default_workers()
+    metric_ports = metrics_ports(metrics_port, count, {grpc_port})
     if count == 1:
-        runtime.run_worker(settings, f"{grpc_host}:{grpc_port}", scheduler=scheduler is not False)
+        runtime.run_worker(
+            settings,
+            f"{grpc_host}:{grpc_port}",
+            scheduler=scheduler is not False,
+            metrics_address=None if metric_ports[0] is None else (metrics_host, metric_ports[0]),
+        )
         return
     if grpc_port == 0:
         raise click.UsageError("--workers above 1 needs a fixed --grpc-port (they share it)")
     open_storage(settings).dispose()  # migrate once, before the workers start
     sqlite = settings.db_url is None or settings.db_url.startswith("sqlite")
     specs = [
-        runtime.WorkerSpec(grpc_host, grpc_port, scheduler=scheduler is not False and (i == 0 or not sqlite))
+        runtime.WorkerSpec(
+            grpc_host,
+            grpc_port,
+            scheduler=scheduler is not False and (i == 0 or not sqlite),
+            metrics_port=metric_ports[i],
+        )
         for i in range(count)
     ]
-    pool = runtime.WorkerPool(settings, specs)
+    pool = runtime.WorkerPool(settings, specs, metrics_host=metrics_host, log_format=log_format)
     stop = runtime.wait_for_signal()
     pool.start()
     click.echo(f"gRPC: {grpc_host}:{grpc_port} ({count} workers)")
@@ -149,6 +220,7 @@ def serve(
 )
 @click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
 @click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
+@observability_options
 @reports_errors
 def up(
     settings: Settings,
@@ -160,6 +232,9 @@ def up(
     demo: bool,
     issuer: str | None,
     audience: str | None,
+    metrics_host: str,
+    metrics_port: int | None,
+    log_format: str | None,
 ) -> None:
     """Run the service and the REST edge together until Ctrl-C or SIGTERM."""
     from orchestra_server import runtime
@@ -167,13 +242,19 @@ def up(
 
     settings = _with_identity(settings, issuer, audience)
     count = workers or runtime.default_workers()
+    metric_ports = metrics_ports(metrics_port, count, {grpc_port + i for i in range(count)} | {http_port})
     fresh = _prepare_storage(settings)
     stop = runtime.wait_for_signal()
     sqlite = settings.db_url is None or settings.db_url.startswith("sqlite")
     specs = [
-        runtime.WorkerSpec(grpc_host, grpc_port + i, scheduler=i == 0 or not sqlite) for i in range(count)
+        runtime.WorkerSpec(
+            grpc_host, grpc_port + i, scheduler=i == 0 or not sqlite, metrics_port=metric_ports[i]
+        )
+        for i in range(count)
     ]
-    pool = runtime.WorkerPool(settings, specs, log_dir=settings.data_dir / "logs")
+    pool = runtime.WorkerPool(
+        settings, specs, log_dir=settings.data_dir / "logs", metrics_host=metrics_host, log_format=log_format
+    )
     pool.start()
     edge = EnvoyProcess(
         EdgeSettings(
@@ -190,6 +271,9 @@ def up(
         click.echo(f"REST: {edge.rest_url}")
         ports = ", ".join(f"{grpc_host}:{s.port}" for s in specs)
         click.echo(f"gRPC: {ports}")
+        if metrics_port:
+            targets = ", ".join(f"{runtime.connect_host(metrics_host)}:{p}" for p in metric_ports)
+            click.echo(f"metrics: {targets}")
         if demo and fresh:
             _seed_demo(settings, edge.rest_url)
         elif demo:
@@ -518,12 +602,21 @@ def keys() -> None:
 
 @keys.command("rotate")
 @storage_options
+@click.option(
+    "--publish-lead",
+    type=click.IntRange(0, 86_400),
+    default=None,
+    help="Seconds the new key is published before it signs (default 60; above the edge's 30 s cache).",
+)
 @reports_errors
-def keys_rotate(settings: Settings) -> None:
+def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
     """Add a new signing key: published at once, used after the publish lead; old keys stay published."""
+    from datetime import timedelta
+
+    lead = timedelta(seconds=publish_lead) if publish_lead is not None else settings.key_publish_lead
     app = application(settings)
     try:
-        key = app.key_ring.rotate(app.clock(), settings.key_publish_lead)
+        key = app.key_ring.rotate(app.clock(), lead)
     finally:
         app.close()
     click.echo(f"new key {key.kid} signs from {key.active_from.isoformat()}")

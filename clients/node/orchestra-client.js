@@ -1,0 +1,289 @@
+'use strict';
+// A small Node.js client for the Orchestra gRPC API.
+//
+// The service definitions are loaded from the repository's proto/ directory
+// at runtime (no generated code): `@grpc/proto-loader` reads
+// orchestra/v1/*.proto together with the vendored google/api annotations;
+// google/protobuf/*.proto (struct, any, descriptor) come bundled with
+// protobufjs.
+//
+//   const { connect } = require('./orchestra-client');
+//   const client = connect('127.0.0.1:50051');
+//   await client.login(clientId, clientSecret);
+//   const id = await client.startProcess('three_step', { amount: 12.5 });
+//   const instance = await client.getInstance(id);
+//   await client.signalToken(instance.tokens[0].id);
+//   client.close();
+//
+// Every call returns a promise of plain JavaScript values. A failed call
+// rejects with the grpc-js error: `err.code` is the gRPC status code (see
+// `status` below) and `err.details` the server's message.
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', 'proto');
+const DEFAULT_DEADLINE_MS = 30_000;
+const PROTO_FILES = ['orchestra/v1/orchestra_service.proto', 'orchestra/v1/auth_service.proto'];
+
+// The directory holding protobufjs's own google/protobuf/*.proto files, found
+// through proto-loader so that the copy proto-loader uses is the one named.
+function wellKnownTypesDir() {
+  const loaderDir = path.dirname(require.resolve('@grpc/proto-loader'));
+  return path.dirname(require.resolve('protobufjs/package.json', { paths: [loaderDir] }));
+}
+
+const LOADER_OPTIONS = Object.freeze({
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+});
+
+const packageCache = new Map();
+
+// Loads the services from `protoDir` (default: the repository's proto/).
+function loadPackage(protoDir = DEFAULT_PROTO_DIR) {
+  const dir = path.resolve(protoDir);
+  let loaded = packageCache.get(dir);
+  if (loaded === undefined) {
+    const definition = protoLoader.loadSync(PROTO_FILES, {
+      ...LOADER_OPTIONS,
+      includeDirs: [dir, wellKnownTypesDir()],
+    });
+    const valueFields = definition['google.protobuf.Value'].type.field.map((f) => f.name);
+    if (!valueFields.includes('numberValue')) {
+      throw new Error(`unexpected google.protobuf.Value field names: ${valueFields.join(', ')}`);
+    }
+    loaded = grpc.loadPackageDefinition(definition);
+    packageCache.set(dir, loaded);
+  }
+  return loaded;
+}
+
+// --- google.protobuf.Value <-> plain JSON values ------------------------------------------
+//
+// google/protobuf/struct.proto is not parsed from a file: protobufjs supplies
+// its bundled definition, whose field names are camelCase (`numberValue`)
+// whatever `keepCase` says. Orchestra's own messages keep their snake_case
+// names. loadPackage checks this assumption once.
+
+// Converts a JSON-compatible JavaScript value into a google.protobuf.Value
+// object. Numbers travel as IEEE doubles: integers beyond 2^53 lose precision.
+function toValue(value) {
+  if (value === null) {
+    return { nullValue: 'NULL_VALUE' };
+  }
+  switch (typeof value) {
+    case 'boolean':
+      return { boolValue: value };
+    case 'number':
+      if (!Number.isFinite(value)) {
+        throw new TypeError(`${value} is not a JSON number`);
+      }
+      return { numberValue: value };
+    case 'string':
+      return { stringValue: value };
+    case 'object':
+      if (Array.isArray(value)) {
+        return { listValue: { values: value.map(toValue) } };
+      }
+      return { structValue: { fields: toFields(value) } };
+    default:
+      throw new TypeError(`a ${typeof value} is not a JSON value`);
+  }
+}
+
+function toFields(object) {
+  const fields = {};
+  for (const [name, item] of Object.entries(object)) {
+    if (item !== undefined) {
+      fields[name] = toValue(item);
+    }
+  }
+  return fields;
+}
+
+// Converts a decoded google.protobuf.Value back into a plain JavaScript value.
+function fromValue(value) {
+  switch (value && value.kind) {
+    case 'numberValue':
+      return value.numberValue;
+    case 'stringValue':
+      return value.stringValue;
+    case 'boolValue':
+      return value.boolValue;
+    case 'structValue':
+      return fromFields(value.structValue.fields);
+    case 'listValue':
+      return (value.listValue.values || []).map(fromValue);
+    default:
+      return null;
+  }
+}
+
+function fromFields(fields) {
+  const object = {};
+  for (const [name, item] of Object.entries(fields || {})) {
+    object[name] = fromValue(item);
+  }
+  return object;
+}
+
+// --- the client ---------------------------------------------------------------------------
+
+function call(stub, method, request, metadata, deadlineMs) {
+  return new Promise((resolve, reject) => {
+    const options = { deadline: new Date(Date.now() + deadlineMs) };
+    stub[method](request, metadata, options, (error, response) => {
+      if (error) {
+        reject(error);
+      } else {
+        resolve(response);
+      }
+    });
+  });
+}
+
+class OrchestraClient {
+  // target: `host:port` of `orchestra serve`. Options:
+  //   credentials  grpc channel credentials (default: insecure, for loopback)
+  //   protoDir     where orchestra/v1/*.proto live (default: the repository's proto/)
+  //   deadlineMs   per-call deadline (default 30 s)
+  //   accessToken  a bearer token to start with
+  constructor(target, options = {}) {
+    const pkg = loadPackage(options.protoDir);
+    const credentials = options.credentials || grpc.credentials.createInsecure();
+    this.orchestra = new pkg.orchestra.v1.OrchestraService(target, credentials);
+    // The auth stub shares the channel of the service stub.
+    this.auth = new pkg.orchestra.v1.AuthService(target, credentials, {
+      channelOverride: this.orchestra.getChannel(),
+    });
+    this.deadlineMs = options.deadlineMs || DEFAULT_DEADLINE_MS;
+    this.accessToken = options.accessToken || null;
+  }
+
+  // The OAuth 2.0 client-credentials grant over AuthService.IssueToken: the
+  // form-encoded request goes in an HttpBody, the JSON answer comes back in
+  // one. Resolves to the parsed answer ({access_token, token_type, expires_in}).
+  async issueToken(clientId, clientSecret) {
+    const form = new URLSearchParams({
+      grant_type: 'client_credentials',
+      client_id: clientId,
+      client_secret: clientSecret,
+    });
+    const request = {
+      http_body: {
+        content_type: 'application/x-www-form-urlencoded',
+        data: Buffer.from(form.toString(), 'utf8'),
+      },
+    };
+    const answer = await call(this.auth, 'IssueToken', request, new grpc.Metadata(), this.deadlineMs);
+    return JSON.parse(Buffer.from(answer.http_body.data).toString('utf8'));
+  }
+
+  // Issues a token and uses it for the calls that follow. Resolves to the
+  // token answer (its `expires_in` tells when to log in again).
+  async login(clientId, clientSecret) {
+    const answer = await this.issueToken(clientId, clientSecret);
+    this.accessToken = answer.access_token;
+    return answer;
+  }
+
+  _metadata(extra = {}) {
+    const metadata = new grpc.Metadata();
+    if (this.accessToken) {
+      metadata.set('authorization', `Bearer ${this.accessToken}`);
+    }
+    for (const [key, value] of Object.entries(extra)) {
+      metadata.set(key, value);
+    }
+    return metadata;
+  }
+
+  _call(method, request, extraMetadata) {
+    return call(this.orchestra, method, request, this._metadata(extraMetadata), this.deadlineMs);
+  }
+
+  // Starts an instance of the newest version of `definitionId`; resolves to
+  // its id. With `idempotencyKey`, a retried start answers the first id.
+  async startProcess(definitionId, variables = {}, { idempotencyKey } = {}) {
+    const extra = idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey };
+    const answer = await this._call(
+      'StartProcess',
+      { definition_id: definitionId, variables: toFields(variables) },
+      extra,
+    );
+    return answer.instance_id;
+  }
+
+  // One page of instance summaries, newest first:
+  // { instances: [{id, definition_id, status}], next_page_token }.
+  async listInstances({ definitionId = '', status = '', pageSize = 0, pageToken = '' } = {}) {
+    const answer = await this._call('ListInstances', {
+      definition_id: definitionId,
+      status,
+      page_size: pageSize,
+      page_token: pageToken,
+    });
+    return {
+      instances: answer.instances.map((s) => ({ id: s.id, definition_id: s.definition_id, status: s.status })),
+      next_page_token: answer.next_page_token,
+    };
+  }
+
+  // The instance with its live tokens:
+  // { id, definition_id, status, tenant_id, tokens: [{id, node_id, status}] }.
+  async getInstance(instanceId) {
+    const { instance } = await this._call('GetInstance', { instance_id: instanceId });
+    return {
+      id: instance.id,
+      definition_id: instance.definition_id,
+      status: instance.status,
+      tenant_id: instance.tenant_id,
+      tokens: instance.tokens.map((t) => ({ id: t.id, node_id: t.node_id, status: t.status })),
+    };
+  }
+
+  // Signals a parked token; resolves to 'signalled'.
+  async signalToken(tokenId) {
+    const answer = await this._call('SignalToken', { token_id: tokenId });
+    return answer.status;
+  }
+
+  // The instance's variables as a plain object (empty for an inaccessible instance).
+  async getVariables(instanceId) {
+    const answer = await this._call('GetVariables', { instance_id: instanceId });
+    return fromFields(answer.variables);
+  }
+
+  // Creates or replaces one variable of a running instance; resolves to 'set'.
+  async setVariable(instanceId, name, value) {
+    const answer = await this._call('SetVariable', {
+      instance_id: instanceId,
+      name,
+      value: toValue(value),
+    });
+    return answer.status;
+  }
+
+  close() {
+    this.orchestra.close();
+  }
+}
+
+function connect(target, options) {
+  return new OrchestraClient(target, options);
+}
+
+module.exports = {
+  connect,
+  OrchestraClient,
+  loadPackage,
+  toValue,
+  fromValue,
+  status: grpc.status,
+  DEFAULT_PROTO_DIR,
+};

@@ -1,0 +1,168 @@
+-- Response conventions of the REST edge that the transcoder cannot express.
+--
+-- * Status: the service names the HTTP status in the `x-http-status`
+--   response metadata (initial metadata on success, e.g. 201 for a start;
+--   trailing metadata of a trailers-only error, e.g. 422). It is copied to
+--   `:status` and never reaches the client.
+-- * Errors: every error body is {"error":"<message>"}. The message is the
+--   service's own only when the service set `x-http-status` (a deliberate,
+--   safe abort); anything else, an unhandled exception included, gets a
+--   fixed text so internals never leak.
+-- * Shapes: typed single-field responses are unwrapped to the bare object or
+--   array the contract names; the list's page token moves to the
+--   `x-next-page-token` header.
+--
+-- The route names the operation (route metadata `op`). Header edits are made
+-- before the body is read wherever the value is known then; a header handle
+-- taken before body() is void afterwards (a Lua error that leaves the
+-- response unchanged), so the one edit that depends on the body takes a
+-- fresh handle.
+
+local FIXED_MESSAGES = {
+  [400] = "bad request",
+  [401] = "unauthorized",
+  [403] = "forbidden",
+  [404] = "not found",
+  [409] = "conflict",
+  [413] = "request body too large",
+  [422] = "unprocessable request",
+  [429] = "too many requests",
+  [500] = "internal error",
+  [501] = "not implemented",
+  [503] = "service unavailable",
+  [504] = "upstream timeout",
+}
+
+local function fixed_message(status)
+  return FIXED_MESSAGES[status] or (status >= 500 and "internal error" or "request failed")
+end
+
+-- The transcoder prints a failed call as {"code":N,"message":"...","details":[]}
+-- (canonical JSON, so the message is already a valid escaped JSON string).
+local function grpc_code(body)
+  return tonumber(body:match('^{"code":(%d+)'))
+end
+
+local function grpc_message(body)
+  return body:match('^{"code":%d+,"message":"(.-)","details":')
+    or body:match('^{"code":%d+,"message":"(.-)"}$')
+end
+
+local function read_body(handle)
+  local body = handle:body()
+  if body == nil then
+    return nil, nil
+  end
+  return body, body:getBytes(0, body:length())
+end
+
+local function write_json(buffer, text)
+  buffer:setBytes(text)
+end
+
+local function on_error(handle, headers, status, requested)
+  local final = requested or status
+  local trusted = requested ~= nil
+  headers:replace(":status", tostring(final))
+  headers:replace("content-type", "application/json")
+  -- The final length is unknown until the body is read; let the codec
+  -- frame it.
+  headers:remove("content-length")
+  local buffer, body = read_body(handle)
+  if buffer == nil then
+    return
+  end
+  -- Envoy's own replies arrive already shaped by local_reply_config.
+  if body:sub(1, 10) == '{"error":"' then
+    return
+  end
+  local message = nil
+  if trusted then
+    message = grpc_message(body)
+  end
+  if grpc_code(body) == 2 then
+    -- UNKNOWN: an exception the service did not map.
+    message = nil
+  end
+  if message == nil or message == "" then
+    message = fixed_message(final)
+  end
+  write_json(buffer, '{"error":"' .. message .. '"}')
+end
+
+-- A success whose JSON is not the expected message is a service fault; never
+-- pass a shape the contract does not know.
+local function broken_shape(handle, buffer)
+  handle:headers():replace(":status", "500")
+  write_json(buffer, '{"error":"internal error"}')
+end
+
+local UNWRAP = {
+  get_instance = '^{"instance":(.*)}$',
+  get_variables = '^{"variables":(.*)}$',
+}
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  -- A raw gRPC call (refused for want of a route) keeps its gRPC status.
+  local content_type = headers:get("content-type") or ""
+  if content_type:sub(1, 16) == "application/grpc" then
+    return
+  end
+  -- gRPC framing details mean nothing to a REST client.
+  headers:remove("grpc-status")
+  headers:remove("grpc-message")
+  headers:remove("grpc-accept-encoding")
+  local status = tonumber(headers:get(":status")) or 500
+  local requested = nil
+  local wanted = headers:get("x-http-status")
+  if wanted ~= nil then
+    headers:remove("x-http-status")
+    if wanted:match("^[1-5]%d%d$") then
+      requested = tonumber(wanted)
+    end
+  end
+
+  -- An error stays an error and a success a success, whatever is asked.
+  if status >= 400 then
+    if requested ~= nil and requested < 400 then
+      requested = nil
+    end
+    on_error(handle, headers, status, requested)
+    return
+  end
+  if requested ~= nil and requested < 300 then
+    headers:replace(":status", tostring(requested))
+  end
+
+  local op = handle:metadata():get("op")
+  local pattern = UNWRAP[op]
+  if pattern ~= nil then
+    headers:remove("content-length")
+    local buffer, body = read_body(handle)
+    if buffer ~= nil then
+      local inner = body:match(pattern)
+      if inner ~= nil then
+        write_json(buffer, inner)
+      else
+        broken_shape(handle, buffer)
+      end
+    end
+  elseif op == "list_instances" then
+    headers:remove("content-length")
+    local buffer, body = read_body(handle)
+    if buffer ~= nil then
+      local items, token = body:match('^{"instances":(.*),"next_page_token":"([^"]*)"}$')
+      if items ~= nil then
+        if token ~= "" then
+          -- The handle taken before body() is void after it; a fresh one
+          -- still edits the held headers.
+          handle:headers():replace("x-next-page-token", token)
+        end
+        write_json(buffer, items)
+      else
+        broken_shape(handle, buffer)
+      end
+    end
+  end
+end

