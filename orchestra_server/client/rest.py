@@ -49,12 +49,14 @@ class RestOrchestraClient:
         data = response.json()
         return str(data["access_token"]), int(data["expires_in"])
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         # One retry when the server refused a token we thought valid (expired, key rotated).
         for attempt in (1, 2):
             token = self._tokens.token()
             response = self._http.request(
-                method, path, headers={"authorization": f"Bearer {token}"}, **kwargs
+                method, path, headers={**(headers or {}), "authorization": f"Bearer {token}"}, **kwargs
             )
             if response.status_code < 400:
                 return response
