@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from orchestra_server.engine.model import Json
 from orchestra_server.errors import InvalidArgument, LimitExceeded
@@ -18,6 +19,8 @@ MACHINE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
+# A retried start within this time returns the first instance; the scheduler forgets older keys.
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
 def check_variable_name(name: str) -> None:

@@ -8,7 +8,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from threading import Lock
 
 from sqlalchemy import Connection
@@ -32,7 +32,6 @@ from orchestra_server.storage.database import Database
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
 
-IDEMPOTENCY_RETENTION = timedelta(hours=24)
 INSTANCE_STATUSES = frozenset(s.value for s in InstanceStatus)
 
 
@@ -154,7 +153,7 @@ class ProcessService:
             now = self._clock()
             if idempotency_key is not None and request_hash is not None:
                 earlier = repo.find_idempotency_key(
-                    conn, caller.tenant_id, idempotency_key, now - IDEMPOTENCY_RETENTION
+                    conn, caller.tenant_id, idempotency_key, now - limits.IDEMPOTENCY_RETENTION
                 )
                 if earlier is not None:
                     if earlier[0] != request_hash:

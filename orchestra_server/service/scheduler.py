@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from orchestra_server.errors import OrchestraError
+from orchestra_server.service.limits import IDEMPOTENCY_RETENTION
 from orchestra_server.service.processes import ProcessService
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage.database import Database
@@ -18,6 +19,8 @@ DEFAULT_BATCH = 200
 DEFAULT_POLL_SECONDS = 0.5
 # Long enough to fire a whole batch; a scheduler that dies loses its batch for this long at most.
 DEFAULT_LEASE = timedelta(seconds=30)
+# Idempotency keys past their retention are forgotten this often.
+SWEEP_EVERY = timedelta(minutes=10)
 
 
 class TimerScheduler:
@@ -47,6 +50,7 @@ class TimerScheduler:
         self.last_error: str | None = None
         self.fired_total = 0
         self.last_claimed = 0
+        self._next_sweep: datetime | None = None
 
     def run_once(self) -> int:
         """Claims one batch of due tokens and fires them; returns how many fired."""
@@ -66,6 +70,18 @@ class TimerScheduler:
         self.last_run_at = now
         self.last_claimed = len(claimed)
         return fired
+
+    def sweep(self) -> int:
+        """Forgets idempotency keys past their retention; returns how many."""
+        now = self._clock()
+        with self._db.writing() as conn:
+            return repo.forget_idempotency_keys(conn, now - IDEMPOTENCY_RETENTION)
+
+    def _maybe_sweep(self) -> None:
+        now = self._clock()
+        if self._next_sweep is None or now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            self.sweep()
 
     def drain(self, max_rounds: int = 1_000_000) -> int:
         """Fires everything due now (tests and start-up catch-up)."""
@@ -98,6 +114,7 @@ class TimerScheduler:
         while not self._stop.is_set():
             try:
                 self.run_once()
+                self._maybe_sweep()
                 self.last_error = None
             except Exception as exc:  # the loop must outlive a database outage
                 self.last_error = type(exc).__name__

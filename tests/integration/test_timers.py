@@ -141,3 +141,14 @@ def test_batches_are_bounded_and_ordered_by_due_time(world: World, database: Dat
     fired = [i for i in ids if nodes(world, i) == ["task"]]
     assert fired == ids[:3]
     assert sched.drain() == 4
+
+
+def test_idempotency_keys_are_kept_a_day_then_forgotten(world: World, database: Database) -> None:
+    first = world.processes.start_process(ALICE, "cool_off", {}, idempotency_key="k")
+    world.clock.advance(timedelta(hours=23, minutes=59))
+    sched = scheduler(world, database)
+    assert sched.sweep() == 0
+    assert world.processes.start_process(ALICE, "cool_off", {}, idempotency_key="k") == first
+    world.clock.advance(timedelta(minutes=2))
+    assert sched.sweep() == 1
+    assert world.processes.start_process(ALICE, "cool_off", {}, idempotency_key="k") != first
