@@ -1,0 +1,125 @@
+"""The `orchestra` command on a real data directory: definitions, tenants, roles, consumers, keys, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from orchestra_server.bootstrap import Settings, build_application
+from orchestra_server.cli import main
+from orchestra_server.service.processes import Caller
+from tests.conftest import EXAMPLES
+
+
+class Invoker:
+    """Runs the CLI in-process on one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, ok: bool = True) -> Result:
+        result = self.runner.invoke(
+            main, [*args, "--data-dir", str(self.data_dir)], env={"ORCHESTRA_DB_URL": ""}
+        )
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+
+@pytest.fixture
+def invoke(tmp_path: Path) -> Invoker:
+    return Invoker(tmp_path / "data")
+
+
+def test_validate_names_every_problem_and_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "id: Bad-Name\nnodes: {s: {type: start}, w: {type: wat}}\nflows: [{from: s, to: nowhere}]\n"
+    )
+    result = CliRunner().invoke(main, ["definition", "validate", str(EXAMPLES / "three_step.yaml"), str(bad)])
+    assert result.exit_code == 1
+    assert result.output.count(f"error: {bad}") >= 3, result.output
+    good = CliRunner().invoke(main, ["definition", "validate", *map(str, sorted(EXAMPLES.glob("*.yaml")))])
+    assert good.exit_code == 0 and good.output.count("ok: ") == 4
+
+
+def test_deploy_is_all_or_nothing_and_versioned(invoke: Invoker, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: broken\nnodes: {}\nflows: []\n")
+    failed = invoke("definition", "deploy", str(EXAMPLES / "three_step.yaml"), str(bad), ok=False)
+    assert failed.exit_code == 1
+    assert json.loads(invoke("definition", "list", "--json").output) == []
+    assert (
+        "deployed: three_step version 1"
+        in invoke("definition", "deploy", str(EXAMPLES / "three_step.yaml")).output
+    )
+    assert (
+        "unchanged: three_step version 1"
+        in invoke("definition", "deploy", str(EXAMPLES / "three_step.yaml")).output
+    )
+    invoke("tenant", "create", "acme")
+    invoke("definition", "deploy", str(EXAMPLES / "reminder.yaml"), "--tenant", "acme")
+    listed = json.loads(invoke("definition", "list", "--json").output)
+    assert [(d["id"], d["tenant"], d["version"]) for d in listed] == [
+        ("three_step", None, 1),
+        ("reminder", "acme", 1),
+    ]
+    assert (
+        invoke(
+            "definition", "deploy", str(EXAMPLES / "reminder.yaml"), "--tenant", "nobody", ok=False
+        ).exit_code
+        == 1
+    )
+
+
+def test_tenants_roles_consumers_keys_and_audit(invoke: Invoker) -> None:
+    invoke("tenant", "create", "acme", "--label", "Acme Corp")
+    assert invoke("tenant", "create", "acme", ok=False).exit_code == 1
+    assert "acme\tAcme Corp" in invoke("tenant", "list").output
+    invoke("role", "create", "operator", "--permission", "access orchestra api")
+    invoke("role", "grant", "operator", "read reports")
+    invoke("role", "revoke", "operator", "read reports")
+    assert "operator\taccess orchestra api" in invoke("role", "list").output
+    created = json.loads(
+        invoke("consumer", "create", "--tenant", "acme", "--role", "operator", "--json").output
+    )
+    assert set(created) == {"client_id", "client_secret", "tenant"} and created["tenant"] == "acme"
+    listed = json.loads(invoke("consumer", "list", "--json").output)
+    assert [c["client_id"] for c in listed] == [created["client_id"]]
+    assert created["client_secret"] not in json.dumps(listed)
+    data_dir = invoke.data_dir
+    database = (data_dir / "orchestra.db").read_bytes()
+    assert created["client_secret"].encode() not in database, "the secret is stored only as a hash"
+    keys = data_dir / "signing-keys.json"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert "new key" in invoke("keys", "rotate").output
+    invoke("definition", "deploy", str(EXAMPLES / "three_step.yaml"))
+    app = build_application(Settings(data_dir=data_dir))
+    try:
+        app.processes.start_process(Caller("acme", created["client_id"]), "three_step", {})
+    finally:
+        app.close()
+    invoke("consumer", "revoke", created["client_id"])
+    assert json.loads(invoke("consumer", "list", "--json").output)[0]["revoked"] is True
+    trail = [json.loads(line) for line in invoke("audit", "--tenant", "acme", "--json").output.splitlines()]
+    actions = [(r["action"], r["actor"]) for r in trail]
+    assert ("instance.start", created["client_id"]) in actions
+    assert ("consumer.revoke", "operator") in actions
+    assert ("tenant.create", "operator") in actions
+    assert all(r["tenant_id"] == "acme" for r in trail)
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "orchestra"
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60, env=os.environ)
+    assert result.returncode == 0
+    for command in ("serve", "up", "definition", "tenant", "role", "consumer", "keys", "audit", "db"):
+        assert command in result.stdout
