@@ -48,7 +48,8 @@ def test_validate_names_every_problem_and_fails(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.count(f"error: {bad}") >= 3, result.output
     good = CliRunner().invoke(main, ["definition", "validate", *map(str, sorted(EXAMPLES.glob("*.yaml")))])
-    assert good.exit_code == 0 and good.output.count("ok: ") == 4
+    assert good.exit_code == 0
+    assert good.output.count("ok: ") == 4
 
 
 def test_deploy_is_all_or_nothing_and_versioned(invoke: Invoker, tmp_path: Path) -> None:
@@ -91,7 +92,8 @@ def test_tenants_roles_consumers_keys_and_audit(invoke: Invoker) -> None:
     created = json.loads(
         invoke("consumer", "create", "--tenant", "acme", "--role", "operator", "--json").output
     )
-    assert set(created) == {"client_id", "client_secret", "tenant"} and created["tenant"] == "acme"
+    assert set(created) == {"client_id", "client_secret", "tenant"}
+    assert created["tenant"] == "acme"
     listed = json.loads(invoke("consumer", "list", "--json").output)
     assert [c["client_id"] for c in listed] == [created["client_id"]]
     assert created["client_secret"] not in json.dumps(listed)
