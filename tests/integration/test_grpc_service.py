@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 import pytest
@@ -34,7 +35,13 @@ class Stack:
 
     def token(self, tenant: str = "default", roles: list[str] | None = None) -> tuple[str, str]:
         consumer = self.app.directory.create_consumer(tenant, roles)
-        body = f"grant_type=client_credentials&client_id={consumer.client_id}&client_secret={consumer.client_secret}"
+        body = urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_id": consumer.client_id,
+                "client_secret": consumer.client_secret,
+            }
+        )
         answer = self.auth.IssueToken(
             auth_pb.IssueTokenRequest(
                 http_body=httpbody_pb2.HttpBody(

@@ -1,4 +1,4 @@
-"""10,000 timers due at once, three worker processes on one PostgreSQL: each fires exactly once, none early."""
+"""10,000 timers due at once, three worker processes on one PostgreSQL: each fires once, none early."""
 
 from __future__ import annotations
 
@@ -36,14 +36,16 @@ def seed_parked_timers(url: str, definition_pk: int, due_at: datetime, count: in
             ]
             conn.execute(
                 text(
-                    "INSERT INTO instances (id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
+                    "INSERT INTO instances"
+                    " (id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
                     " VALUES (:id, :tenant, 'cool_off', :pk, 'running', :now, :now)"
                 ),
                 instances,
             )
             conn.execute(
                 text(
-                    "INSERT INTO tokens (id, instance_seq, tenant_id, node_id, status, ordinal, arrived_by, due_at)"
+                    "INSERT INTO tokens"
+                    " (id, instance_seq, tenant_id, node_id, status, ordinal, arrived_by, due_at)"
                     " SELECT gen_random_uuid()::text, seq, tenant_id, 'cool', 'parked', 1, 0, :due"
                     " FROM instances WHERE definition_id = 'cool_off'"
                 ),
