@@ -16,6 +16,7 @@ from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTok
 from orchestra_server.identity.authenticator import Authenticator, check_forwarded_tenant
 from orchestra_server.identity.keys import KeyRing
 from orchestra_server.identity.token_endpoint import TokenEndpoint
+from orchestra_server.observability.metrics import Metrics
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
 from orchestra_server.service.processes import Caller, ProcessService
@@ -95,6 +96,7 @@ class Application:
     token_endpoint: TokenEndpoint
     authenticator: Authenticator
     scheduler: TimerScheduler | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     _closed: bool = field(default=False, repr=False)
 
     def health_problems(self) -> list[str]:
@@ -137,7 +139,7 @@ def build_application(
     )
     issuer = AccessTokenIssuer(key_ring, settings.issuer, settings.audience, lifetime=settings.token_lifetime)
     verifier = AccessTokenVerifier(key_ring, settings.issuer, settings.audience)
-    return Application(
+    app = Application(
         settings=settings,
         database=database,
         clock=clock,
@@ -150,3 +152,5 @@ def build_application(
             verifier, directory, recheck_seconds=settings.revocation_recheck_seconds, clock=clock
         ),
     )
+    app.metrics.watch(app)
+    return app

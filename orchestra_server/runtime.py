@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orchestra_server.bootstrap import Settings, build_application
+from orchestra_server.observability.metrics import start_metrics_server
 from orchestra_server.service.scheduler import TimerScheduler
 from orchestra_server.transport.server import ServerOptions, serve
 
@@ -30,12 +31,24 @@ def default_workers() -> int:
 
 
 def run_worker(
-    settings: Settings, address: str, *, scheduler: bool, options: ServerOptions | None = None
+    settings: Settings,
+    address: str,
+    *,
+    scheduler: bool,
+    options: ServerOptions | None = None,
+    metrics_address: tuple[str, int] | None = None,
 ) -> None:
-    """Serves gRPC in this process (and fires timers when asked) until SIGTERM or SIGINT."""
+    """Serves gRPC in this process (and fires timers when asked) until SIGTERM or SIGINT.
+
+    With `metrics_address` (host, port) it also serves Prometheus metrics over HTTP there.
+    """
     app = build_application(settings)
     timers = TimerScheduler(app.database, app.processes, clock=app.clock) if scheduler else None
     app.scheduler = timers
+    metrics_server = None
+    if metrics_address is not None:
+        metrics_server, metrics_port = start_metrics_server(app.metrics.registry, *metrics_address)
+        _log.info("serving metrics on http://%s:%d/metrics", connect_host(metrics_address[0]), metrics_port)
     if timers is not None:
         timers.start()
     try:
@@ -43,6 +56,9 @@ def run_worker(
     finally:
         if timers is not None:
             timers.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
 
 
 def wait_healthy(target: str, timeout: float) -> None:
@@ -67,6 +83,8 @@ class WorkerSpec:
     host: str
     port: int
     scheduler: bool
+    # None: no metrics endpoint in this worker.
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -76,6 +94,8 @@ class WorkerPool:
     settings: Settings
     workers: Sequence[WorkerSpec]
     log_dir: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    log_format: str | None = None
     _children: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     _restarts: list[int] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -102,6 +122,10 @@ class WorkerPool:
         ]
         if self.settings.db_url:
             command += ["--db", self.settings.db_url]
+        if spec.metrics_port is not None:
+            command += ["--metrics-host", self.metrics_host, "--metrics-port", str(spec.metrics_port)]
+        if self.log_format is not None:
+            command += ["--log-format", self.log_format]
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:

@@ -17,6 +17,7 @@ from orchestra.v1 import diagnostics_service_pb2_grpc as diag_grpc
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
 from orchestra_server.bootstrap import Application
+from orchestra_server.observability.interceptor import ObservabilityInterceptor, recording_caller
 from orchestra_server.transport.guard import GuardInterceptor
 from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
 
@@ -45,7 +46,11 @@ def create_server(
     options = options or ServerOptions()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
-        interceptors=[GuardInterceptor(app.authenticate, app.clock)],
+        # Observability first: it must also see the calls the guard refuses.
+        interceptors=[
+            ObservabilityInterceptor(app.metrics),
+            GuardInterceptor(recording_caller(app.authenticate), app.clock),
+        ],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", options.max_receive_bytes),
