@@ -12,6 +12,13 @@
 --   array the contract names; the list's page token moves to the
 --   `x-next-page-token` header.
 --
+-- * Requests: a path segment or query value whose percent-decoding is not
+--   clean UTF-8 text (invalid UTF-8, control characters, `\`, or an encoded
+--   `/`) can name nothing Orchestra stores. The transcoder would refuse it
+--   with a bare 400 or hand the service bytes it cannot decode (a 500), so it
+--   is replaced by U+FFFD and the service answers as for any unknown id:
+--   404, 422 or `{}`, exactly as the contract says.
+--
 -- The route names the operation (route metadata `op`). Header edits are made
 -- before the body is read wherever the value is known then; a header handle
 -- taken before body() is void afterwards (a Lua error that leaves the
@@ -32,6 +39,89 @@ local FIXED_MESSAGES = {
   [503] = "service unavailable",
   [504] = "upstream timeout",
 }
+
+local REPLACEMENT = "%EF%BF%BD"
+
+-- True when `text` is UTF-8 with no control character, backslash or slash.
+local function clean_text(text)
+  local i, n = 1, #text
+  while i <= n do
+    local c = text:byte(i)
+    local extra, low, high = 0, 0x80, 0xBF
+    if c < 0x80 then
+      if c < 0x20 or c == 0x7F or c == 0x5C or c == 0x2F then
+        return false
+      end
+    elseif c >= 0xC2 and c <= 0xDF then
+      extra = 1
+    elseif c >= 0xE0 and c <= 0xEF then
+      extra = 2
+      if c == 0xE0 then low = 0xA0 elseif c == 0xED then high = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      extra = 3
+      if c == 0xF0 then low = 0x90 elseif c == 0xF4 then high = 0x8F end
+    else
+      return false
+    end
+    for k = 1, extra do
+      local d = text:byte(i + k)
+      if d == nil or d < (k == 1 and low or 0x80) or d > (k == 1 and high or 0xBF) then
+        return false
+      end
+    end
+    i = i + 1 + extra
+  end
+  return true
+end
+
+local function clean_component(component, plus_is_space)
+  -- A stray `%` not followed by two hex digits is malformed on its own.
+  if component:find("%%%X") or component:find("%%%x%X") or component:find("%%$") or component:find("%%%x$") then
+    return REPLACEMENT
+  end
+  local decoded = component
+  if plus_is_space then
+    decoded = decoded:gsub("%+", " ")
+  end
+  decoded = decoded:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
+  if clean_text(decoded) then
+    return component
+  end
+  return REPLACEMENT
+end
+
+local function clean_path(path)
+  local base, query = path:match("^([^?]*)%??(.*)$")
+  local changed = false
+  local cleaned_base = base:gsub("[^/]+", function(segment)
+    local cleaned = clean_component(segment, false)
+    if cleaned ~= segment then changed = true end
+    return cleaned
+  end)
+  local cleaned_query = query:gsub("([^&=]*)=([^&]*)", function(name, value)
+    local cleaned = clean_component(value, true)
+    if cleaned ~= value then changed = true end
+    return name .. "=" .. cleaned
+  end)
+  if not changed then
+    return nil
+  end
+  if path:find("?", 1, true) then
+    return cleaned_base .. "?" .. cleaned_query
+  end
+  return cleaned_base
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local path = headers:get(":path")
+  if path ~= nil then
+    local cleaned = clean_path(path)
+    if cleaned ~= nil then
+      headers:replace(":path", cleaned)
+    end
+  end
+end
 
 local function fixed_message(status)
   return FIXED_MESSAGES[status] or (status >= 500 and "internal error" or "request failed")

@@ -87,7 +87,10 @@ class _Validator(RequestValidator):  # type: ignore[misc]
                 raise oauth_errors.InvalidRequestError(request=request)
         else:
             if body_id is None or body_secret is None:
-                raise oauth_errors.InvalidRequestError(request=request)
+                # No client authentication at all is `invalid_client` (RFC 6749 section 5.2),
+                # at the price of one hash like every other refusal.
+                dummy_verify(body_secret or "", self._hash_params)
+                return False
             client_id, secret = body_id, body_secret
         if "\x00" in client_id or "\x00" in secret:
             raise oauth_errors.InvalidRequestError(request=request)
@@ -184,8 +187,9 @@ class TokenEndpoint:
       or with HTTP Basic. A `client_secret` in the body next to a Basic header is
       `invalid_request`; a body `client_id` next to Basic is tolerated only if it
       names the same client.
-    - A missing `client_id` or `client_secret` (no Basic header) is
-      `invalid_request`, as for any missing parameter.
+    - A missing or empty `client_id` or `client_secret` (no Basic header) is
+      `invalid_client`: RFC 6749 section 5.2 names "no client authentication
+      included" as that error, and the contract documents 401 for it.
     - Orchestra grants no OAuth scopes (authorization is the consumer role's
       `access orchestra api` permission), so any non-empty `scope` is
       `invalid_scope`, answered only after the client authenticated.

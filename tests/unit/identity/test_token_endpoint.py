@@ -194,10 +194,6 @@ def test_an_unknown_client_costs_a_hash_like_a_wrong_secret(
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(_form(("client_id", CLIENT), ("client_secret", SECRET)), id="no-grant-type"),
-        pytest.param(
-            _form(("grant_type", ""), ("client_id", CLIENT), ("client_secret", SECRET)), id="empty-grant"
-        ),
         pytest.param(
             _form(("grant_type", "client_credentials"), ("client_secret", SECRET)), id="no-client-id"
         ),
@@ -211,6 +207,19 @@ def test_an_unknown_client_costs_a_hash_like_a_wrong_secret(
             id="empty-client-id",
         ),
         pytest.param(_form(("grant_type", "client_credentials")), id="no-credentials"),
+    ],
+)
+def test_no_client_authentication_is_invalid_client(endpoint: TokenEndpoint, body: bytes) -> None:
+    _assert_error(_post(endpoint, body), 401, "invalid_client")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(_form(("client_id", CLIENT), ("client_secret", SECRET)), id="no-grant-type"),
+        pytest.param(
+            _form(("grant_type", ""), ("client_id", CLIENT), ("client_secret", SECRET)), id="empty-grant"
+        ),
         pytest.param(b"", id="empty-body"),
         pytest.param(_grant() + b"&grant_type=client_credentials", id="duplicate-grant-type"),
         pytest.param(_grant() + b"&client_id=" + CLIENT.encode(), id="duplicate-client-id"),
