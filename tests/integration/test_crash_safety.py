@@ -43,7 +43,9 @@ class Ledger:
 
     started: list[str] = field(default_factory=list)
     signalled: dict[str, str] = field(default_factory=dict)  # token id -> instance id
-    variables: dict[str, int] = field(default_factory=dict)  # instance id -> last acknowledged value
+    # (instance id, variable) -> every value written, in order, with whether it was acknowledged.
+    # Each driver writes its own variable, so its writes to it are in a serial order.
+    writes: dict[tuple[str, str], list[tuple[int, bool]]] = field(default_factory=dict)
 
 
 class Server:
@@ -108,8 +110,10 @@ def drive(client: OrchestraClient, ledger: Ledger, stop: threading.Event, seed: 
                 continue
             if rng.random() < 0.3:
                 value = rng.randrange(1_000_000)
-                client.set_variable(instance_id, "v", value)
-                ledger.variables[instance_id] = value
+                history = ledger.writes.setdefault((instance_id, f"v{seed}"), [])
+                history.append((value, False))
+                client.set_variable(instance_id, f"v{seed}", value)
+                history[-1] = (value, True)
                 continue
             client.signal_token(parked[0].id)
             ledger.signalled[parked[0].id] = instance_id
@@ -200,8 +204,13 @@ def verify(client: OrchestraClient, ledger: Ledger) -> None:
         view = client.get_instance(instance_id)
         assert token_id not in {t.id for t in view.tokens}, "an acknowledged signal was lost"
         assert view.status == "completed"
-    for instance_id, value in ledger.variables.items():
-        assert client.get_variables(instance_id).get("v") == value
+    for (instance_id, name), history in ledger.writes.items():
+        acknowledged = [i for i, (_, acked) in enumerate(history) if acked]
+        if not acknowledged:
+            continue
+        # The last acknowledged value, or a later write the crash cut off before its answer.
+        allowed = {value for value, _ in history[acknowledged[-1] :]}
+        assert client.get_variables(instance_id).get(name) in allowed
 
 
 def verify_storage(url: str) -> None:
