@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find proto/orchestra -name '*.proto' | sort)
 
-.PHONY: install run test gen lint bench clean
+.PHONY: install run test soak gen lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Heavier reliability runs than make test: more kill -9 cycles, more fuzz cases, longer property runs.
+soak: $(STAMP)
+	ORCHESTRA_CRASH_CYCLES=20 ORCHESTRA_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest \
+		tests/integration/test_crash_safety.py tests/contract/test_fuzz.py tests/integration/test_races.py
 
 # Regenerates gen/ from proto/ with local tools only.
 gen: $(STAMP)
