@@ -205,16 +205,16 @@ class ProcessService:
         if not limits.is_plausible_id(instance_id):
             raise InstanceNotFound()
         with self._db.reading() as conn:
-            header = repo.find_instance(conn, caller.tenant_id, instance_id)
-            if header is None:
-                raise InstanceNotFound()
-            tokens = repo.live_tokens(conn, header.seq)
+            found = repo.instance_with_tokens(conn, caller.tenant_id, instance_id)
+        if found is None:
+            raise InstanceNotFound()
+        header, tokens = found
         return InstanceView(
             id=header.id,
             definition_id=header.definition_id,
             status=header.status.value,
             tenant_id=header.tenant_id,
-            tokens=tuple(TokenView(t.id, t.node_id, t.status.value) for t in tokens),
+            tokens=tuple(TokenView(*t) for t in tokens),
         )
 
     def list_instances(
@@ -297,16 +297,16 @@ class ProcessService:
         if not limits.is_plausible_id(token_id):
             raise TokenNotParked()
         with self._db.writing() as conn:
-            seq = repo.instance_of_token(conn, caller.tenant_id, token_id)
-            if seq is None:
-                raise TokenNotParked()
             # The instance row lock serialises every advance of one instance: a racing
             # signal of the same token finds it consumed once it gets the lock.
-            header = repo.lock_instance(conn, seq)
+            header = repo.lock_instance_of_token(conn, caller.tenant_id, token_id)
+            if header is None:
+                raise TokenNotParked()
+            seq = header.seq
             if header.status is not InstanceStatus.RUNNING:
                 raise TokenNotParked()
             tokens = repo.live_tokens(conn, seq)
-            variables = repo.variables_of(conn, seq)
+            variables = repo.StoredVariables(conn, seq)
             definition = self._definitions.get(conn, header.definition_pk)
             now = self._clock()
             advance = engine.fire_due if fire else engine.signal

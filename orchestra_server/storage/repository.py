@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    TextClause,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from orchestra_server.engine.model import InstanceStatus, Json, Token, TokenStatus
 from orchestra_server.storage.schema import (
-    SHARED_TENANT_KEY,
     AuditRow,
     DefinitionRow,
     IdempotencyKeyRow,
     InstanceRow,
     TokenRow,
+    UtcDateTime,
     VariableRow,
 )
 
@@ -27,6 +40,104 @@ tokens_t = cast(Table, TokenRow.__table__)
 variables_t = cast(Table, VariableRow.__table__)
 audit_t = cast(Table, AuditRow.__table__)
 idempotency_t = cast(Table, IdempotencyKeyRow.__table__)
+
+
+# The statements on every request are written once, as text: building Core constructs and
+# their cache keys per call cost more than the database work itself (tens of microseconds
+# per statement), and these are simple enough to read as SQL.
+_TIME = UtcDateTime()
+
+
+def _sql(statement: str, *, times: tuple[str, ...] = (), result_times: tuple[str, ...] = ()) -> TextClause:
+    clause = text(statement).bindparams(*(bindparam(name, type_=_TIME) for name in times))
+    return clause.columns(**dict.fromkeys(result_times, _TIME)) if result_times else clause  # type: ignore[return-value]
+
+
+SQL_DEFINITION_FOR_TENANT = _sql(
+    "SELECT pk, content FROM definitions WHERE definition_id = :definition_id AND tenant_key IN (:tenant, '')"
+    " ORDER BY CASE WHEN tenant_key = '' THEN 1 ELSE 0 END, version DESC LIMIT 1"
+)
+SQL_DEFINITION_CONTENT = _sql("SELECT content FROM definitions WHERE pk = :pk")
+SQL_INSERT_INSTANCE = _sql(
+    "INSERT INTO instances (id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
+    " VALUES (:id, :tenant, :definition_id, :definition_pk, :status, :now, :now) RETURNING seq",
+    times=("now",),
+)
+SQL_FIND_INSTANCE = _sql(
+    "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
+    " FROM instances WHERE id = :id AND tenant_id = :tenant"
+)
+SQL_FIND_INSTANCE_LOCKED = _sql(
+    "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
+    " FROM instances WHERE id = :id AND tenant_id = :tenant FOR UPDATE"
+)
+SQL_FIND_BY_SEQ = _sql(
+    "SELECT seq, id, tenant_id, definition_id, definition_pk, status FROM instances WHERE seq = :seq"
+)
+SQL_LOCK_INSTANCE = _sql(
+    "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
+    " FROM instances WHERE seq = :seq FOR UPDATE"
+)
+_INSTANCE_BY_LIVE_ID = (
+    "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status"
+    " FROM tokens t JOIN instances i ON i.seq = t.instance_seq WHERE t.id = :token AND t.tenant_id = :tenant"
+)
+SQL_INSTANCE_OF_TOKEN = _sql(_INSTANCE_BY_LIVE_ID)
+SQL_INSTANCE_OF_TOKEN_LOCKED = _sql(_INSTANCE_BY_LIVE_ID + " FOR UPDATE OF i")
+SQL_INSTANCE_WITH_TOKENS = _sql(
+    "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status,"
+    " t.id AS token_id, t.node_id AS token_node, t.status AS token_status"
+    " FROM instances i LEFT JOIN tokens t ON t.instance_seq = i.seq"
+    " WHERE i.id = :id AND i.tenant_id = :tenant ORDER BY t.ordinal"
+)
+SQL_LIVE_TOKENS = _sql(
+    "SELECT id, node_id, status, ordinal, arrived_by, due_at, message FROM tokens"
+    " WHERE instance_seq = :seq ORDER BY ordinal",
+    result_times=("due_at",),
+)
+SQL_INSERT_TOKEN = _sql(
+    "INSERT INTO tokens (id, instance_seq, tenant_id, node_id, status, ordinal, arrived_by, due_at, message)"
+    " VALUES (:id, :seq, :tenant, :node_id, :status, :ordinal, :arrived_by, :due_at, :message)",
+    times=("due_at",),
+)
+SQL_DELETE_TOKENS = text("DELETE FROM tokens WHERE instance_seq = :seq AND id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+SQL_SET_STATUS = _sql(
+    "UPDATE instances SET status = :status, updated_at = :now WHERE seq = :seq", times=("now",)
+)
+SQL_VARIABLES = _sql("SELECT name, value FROM variables WHERE instance_seq = :seq ORDER BY name")
+SQL_INSERT_VARIABLE = _sql("INSERT INTO variables (instance_seq, name, value) VALUES (:seq, :name, :value)")
+SQL_UPDATE_VARIABLE = _sql("UPDATE variables SET value = :value WHERE instance_seq = :seq AND name = :name")
+SQL_AUDIT = _sql(
+    "INSERT INTO audit (at, tenant_id, actor, action, instance_id, detail)"
+    " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)",
+    times=("at",),
+)
+
+
+def _list_statement(by_definition: bool, by_status: bool, after: bool) -> TextClause:
+    conditions = ["tenant_id = :tenant"]
+    if by_definition:
+        conditions.append("definition_id = :definition_id")
+    if by_status:
+        conditions.append("status = :status")
+    if after:
+        conditions.append("seq < :before")
+    where = " AND ".join(conditions)
+    # Only the fixed conditions above are joined in; every value is a bound parameter.
+    return _sql(
+        f"SELECT seq, id, definition_id, status FROM instances WHERE {where} ORDER BY seq DESC LIMIT :limit"  # noqa: S608
+    )
+
+
+# One statement per filter combination, each served by one of the instance indexes.
+SQL_LIST = {
+    (d, st, a): _list_statement(d, st, a)
+    for d in (False, True)
+    for st in (False, True)
+    for a in (False, True)
+}
 
 
 def dump_json(value: Json) -> str:
@@ -98,20 +209,13 @@ def insert_definition_version(
 def definition_for_tenant(conn: Connection, tenant_id: str, definition_id: str) -> tuple[int, str] | None:
     """The newest version available to the tenant: its own scoped definition wins over a shared one."""
     row = conn.execute(
-        select(definitions_t.c.pk, definitions_t.c.content)
-        .where(
-            definitions_t.c.definition_id == definition_id,
-            definitions_t.c.tenant_key.in_((tenant_id, SHARED_TENANT_KEY)),
-        )
-        .order_by((definitions_t.c.tenant_key == SHARED_TENANT_KEY).asc(), definitions_t.c.version.desc())
-        .limit(1)
+        SQL_DEFINITION_FOR_TENANT, {"definition_id": definition_id, "tenant": tenant_id}
     ).first()
-    return (row.pk, row.content) if row else None
+    return (int(row.pk), str(row.content)) if row else None
 
 
 def definition_content(conn: Connection, pk: int) -> str:
-    content = conn.execute(select(definitions_t.c.content).where(definitions_t.c.pk == pk)).scalar_one()
-    return str(content)
+    return str(conn.execute(SQL_DEFINITION_CONTENT, {"pk": pk}).scalar_one())
 
 
 def list_definitions(conn: Connection, tenant_key: str | None) -> list[StoredDefinition]:
@@ -152,20 +256,18 @@ def insert_instance(
     status: InstanceStatus,
     now: datetime,
 ) -> int:
-    result = conn.execute(
-        insert(instances_t)
-        .values(
-            id=instance_id,
-            tenant_id=tenant_id,
-            definition_id=definition_id,
-            definition_pk=definition_pk,
-            status=status.value,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(instances_t.c.seq)
-    )
-    return int(result.scalar_one())
+    seq = conn.execute(
+        SQL_INSERT_INSTANCE,
+        {
+            "id": instance_id,
+            "tenant": tenant_id,
+            "definition_id": definition_id,
+            "definition_pk": definition_pk,
+            "status": status.value,
+            "now": now,
+        },
+    ).scalar_one()
+    return int(seq)
 
 
 def _header(row: Any) -> InstanceHeader:
@@ -192,32 +294,45 @@ _HEADER_COLUMNS = (
 def find_instance(
     conn: Connection, tenant_id: str, instance_id: str, *, lock: bool = False
 ) -> InstanceHeader | None:
-    query = select(*_HEADER_COLUMNS).where(
-        instances_t.c.id == instance_id, instances_t.c.tenant_id == tenant_id
-    )
-    if lock:
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    statement = SQL_FIND_INSTANCE_LOCKED if lock and _locks_rows(conn) else SQL_FIND_INSTANCE
+    row = conn.execute(statement, {"id": instance_id, "tenant": tenant_id}).first()
     return _header(row) if row else None
 
 
+def _locks_rows(conn: Connection) -> bool:
+    # SQLite has no row locks: its write transactions (BEGIN IMMEDIATE) hold the whole database.
+    return conn.dialect.name != "sqlite"
+
+
 def lock_instance(conn: Connection, seq: int) -> InstanceHeader:
-    row = conn.execute(select(*_HEADER_COLUMNS).where(instances_t.c.seq == seq).with_for_update()).one()
-    return _header(row)
+    statement = SQL_LOCK_INSTANCE if _locks_rows(conn) else SQL_FIND_BY_SEQ
+    return _header(conn.execute(statement, {"seq": seq}).one())
 
 
-def instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> int | None:
-    """The instance seq of a live token of the tenant, or None."""
-    seq = conn.execute(
-        select(tokens_t.c.instance_seq).where(tokens_t.c.id == token_id, tokens_t.c.tenant_id == tenant_id)
-    ).scalar_one_or_none()
-    return int(seq) if seq is not None else None
+def lock_instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> InstanceHeader | None:
+    """The tenant's instance holding a live token, locked for the rest of the transaction.
+
+    The token itself may be gone by the time the lock is granted; callers read the live
+    tokens again under the lock.
+    """
+    statement = SQL_INSTANCE_OF_TOKEN_LOCKED if _locks_rows(conn) else SQL_INSTANCE_OF_TOKEN
+    row = conn.execute(statement, {"token": token_id, "tenant": tenant_id}).first()
+    return _header(row) if row else None
+
+
+def instance_with_tokens(
+    conn: Connection, tenant_id: str, instance_id: str
+) -> tuple[InstanceHeader, list[tuple[str, str, str]]] | None:
+    """The tenant's instance and its live tokens as (id, node id, status), oldest first, in one query."""
+    rows = conn.execute(SQL_INSTANCE_WITH_TOKENS, {"id": instance_id, "tenant": tenant_id}).all()
+    if not rows:
+        return None
+    tokens = [(r.token_id, r.token_node, r.token_status) for r in rows if r.token_id is not None]
+    return _header(rows[0]), tokens
 
 
 def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
-    rows = conn.execute(
-        select(tokens_t).where(tokens_t.c.instance_seq == instance_seq).order_by(tokens_t.c.ordinal)
-    )
+    rows = conn.execute(SQL_LIVE_TOKENS, {"seq": instance_seq})
     return [
         Token(
             id=row.id,
@@ -236,12 +351,12 @@ def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: S
     if not tokens:
         return
     conn.execute(
-        insert(tokens_t),
+        SQL_INSERT_TOKEN,
         [
             {
                 "id": t.id,
-                "instance_seq": instance_seq,
-                "tenant_id": tenant_id,
+                "seq": instance_seq,
+                "tenant": tenant_id,
                 "node_id": t.node_id,
                 "status": t.status.value,
                 "ordinal": t.ordinal,
@@ -257,16 +372,11 @@ def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: S
 def delete_tokens(conn: Connection, instance_seq: int, token_ids: Sequence[str]) -> int:
     if not token_ids:
         return 0
-    result = conn.execute(
-        delete(tokens_t).where(tokens_t.c.instance_seq == instance_seq, tokens_t.c.id.in_(token_ids))
-    )
-    return result.rowcount
+    return conn.execute(SQL_DELETE_TOKENS, {"seq": instance_seq, "ids": list(token_ids)}).rowcount
 
 
 def set_instance_status(conn: Connection, seq: int, status: InstanceStatus, now: datetime) -> None:
-    conn.execute(
-        update(instances_t).where(instances_t.c.seq == seq).values(status=status.value, updated_at=now)
-    )
+    conn.execute(SQL_SET_STATUS, {"status": status.value, "now": now, "seq": seq})
 
 
 def list_instances(
@@ -279,16 +389,17 @@ def list_instances(
     limit: int,
 ) -> list[tuple[int, str, str, str]]:
     """(seq, id, definition_id, status), newest first; one index range scan per page."""
-    query = select(
-        instances_t.c.seq, instances_t.c.id, instances_t.c.definition_id, instances_t.c.status
-    ).where(instances_t.c.tenant_id == tenant_id)
-    if definition_id is not None:
-        query = query.where(instances_t.c.definition_id == definition_id)
-    if status is not None:
-        query = query.where(instances_t.c.status == status)
-    if before_seq is not None:
-        query = query.where(instances_t.c.seq < before_seq)
-    rows = conn.execute(query.order_by(instances_t.c.seq.desc()).limit(limit))
+    statement = SQL_LIST[(definition_id is not None, status is not None, before_seq is not None)]
+    rows = conn.execute(
+        statement,
+        {
+            "tenant": tenant_id,
+            "definition_id": definition_id,
+            "status": status,
+            "before": before_seq,
+            "limit": limit,
+        },
+    )
     return [(row.seq, row.id, row.definition_id, row.status) for row in rows]
 
 
@@ -345,31 +456,44 @@ def next_due_at(conn: Connection) -> datetime | None:
 # --- variables -----------------------------------------------------------------------------
 
 
+class StoredVariables(Mapping[str, Json]):
+    """An instance's variables, read on first use: most advances evaluate no condition at all."""
+
+    def __init__(self, conn: Connection, instance_seq: int) -> None:
+        self._conn = conn
+        self._seq = instance_seq
+        self._values: dict[str, Json] | None = None
+
+    def _load(self) -> dict[str, Json]:
+        if self._values is None:
+            self._values = variables_of(self._conn, self._seq)
+        return self._values
+
+    def __getitem__(self, name: str) -> Json:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
 def variables_of(conn: Connection, instance_seq: int) -> dict[str, Json]:
-    rows = conn.execute(
-        select(variables_t.c.name, variables_t.c.value)
-        .where(variables_t.c.instance_seq == instance_seq)
-        .order_by(variables_t.c.name)
-    )
-    return {row.name: json.loads(row.value) for row in rows}
+    return {row.name: json.loads(row.value) for row in conn.execute(SQL_VARIABLES, {"seq": instance_seq})}
 
 
 def insert_variables(conn: Connection, instance_seq: int, values: dict[str, str]) -> None:
     if values:
         conn.execute(
-            insert(variables_t),
-            [{"instance_seq": instance_seq, "name": k, "value": v} for k, v in values.items()],
+            SQL_INSERT_VARIABLE, [{"seq": instance_seq, "name": k, "value": v} for k, v in values.items()]
         )
 
 
 def upsert_variable(conn: Connection, instance_seq: int, name: str, value: str) -> None:
-    updated = conn.execute(
-        update(variables_t)
-        .where(variables_t.c.instance_seq == instance_seq, variables_t.c.name == name)
-        .values(value=value)
-    )
-    if updated.rowcount == 0:
-        conn.execute(insert(variables_t).values(instance_seq=instance_seq, name=name, value=value))
+    parameters = {"seq": instance_seq, "name": name, "value": value}
+    if conn.execute(SQL_UPDATE_VARIABLE, parameters).rowcount == 0:
+        conn.execute(SQL_INSERT_VARIABLE, parameters)
 
 
 # --- audit and idempotency -----------------------------------------------------------------
@@ -386,14 +510,15 @@ def record_audit(
     detail: dict[str, Json],
 ) -> None:
     conn.execute(
-        insert(audit_t).values(
-            at=at,
-            tenant_id=tenant_id,
-            actor=actor,
-            action=action,
-            instance_id=instance_id,
-            detail=dump_json(detail),
-        )
+        SQL_AUDIT,
+        {
+            "at": at,
+            "tenant": tenant_id,
+            "actor": actor,
+            "action": action,
+            "instance_id": instance_id,
+            "detail": dump_json(detail),
+        },
     )
 
 
