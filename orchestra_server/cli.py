@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -119,6 +120,16 @@ def reports_errors(func: F) -> F:
 
 def application(settings: Settings) -> Application:
     return build_application(settings)
+
+
+@contextmanager
+def opened(settings: Settings) -> Iterator[Application]:
+    """The application for one administrative command, closed when it is done."""
+    app = application(settings)
+    try:
+        yield app
+    finally:
+        app.close()
 
 
 @click.group()
@@ -304,14 +315,11 @@ def _prepare_storage(settings: Settings) -> bool:
 def _seed_demo(settings: Settings, rest_url: str) -> None:
     from orchestra_server.edge.config import REPO_ROOT
 
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         examples = sorted((REPO_ROOT / "examples").glob("*.yaml"))
         for result in app.definitions.deploy(examples):
             click.echo(f"deployed example: {result.definition_id}")
         created = app.directory.create_consumer("default", None, "demo consumer")
-    finally:
-        app.close()
     click.echo("")
     click.echo("Demo consumer in tenant 'default' (the secret is shown only this once):")
     click.echo(f"  client_id:     {created.client_id}")
@@ -370,13 +378,10 @@ def definition_validate(files: tuple[Path, ...]) -> None:
 @reports_errors
 def definition_deploy(settings: Settings, files: tuple[Path, ...], tenant: str | None) -> None:
     """Deploy definition files: all of them, or none when any is invalid."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         for result in app.definitions.deploy(list(files), tenant=tenant):
             what = "deployed" if result.changed else "unchanged"
             click.echo(f"{what}: {result.definition_id} version {result.version} ({result.source})")
-    finally:
-        app.close()
 
 
 @definition.command("list")
@@ -386,11 +391,8 @@ def definition_deploy(settings: Settings, files: tuple[Path, ...], tenant: str |
 @reports_errors
 def definition_list(settings: Settings, tenant: str | None, as_json: bool) -> None:
     """List the newest version of every definition."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         rows = app.definitions.list(tenant=tenant)
-    finally:
-        app.close()
     items = [
         {
             "id": r.definition_id,
@@ -425,11 +427,8 @@ def tenant() -> None:
 @reports_errors
 def tenant_create(settings: Settings, tenant_id: str, label: str | None) -> None:
     """Create a tenant."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         app.directory.create_tenant(tenant_id, label)
-    finally:
-        app.close()
     click.echo(f"created tenant {tenant_id}")
 
 
@@ -438,12 +437,9 @@ def tenant_create(settings: Settings, tenant_id: str, label: str | None) -> None
 @reports_errors
 def tenant_list(settings: Settings) -> None:
     """List tenants."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         for tenant_id, label, created_at in app.directory.list_tenants():
             click.echo(f"{tenant_id}\t{label or ''}\t{created_at.isoformat()}")
-    finally:
-        app.close()
 
 
 @main.group()
@@ -458,11 +454,8 @@ def role() -> None:
 @reports_errors
 def role_create(settings: Settings, name: str, permissions: tuple[str, ...]) -> None:
     """Create a role."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         app.directory.create_role(name, list(permissions))
-    finally:
-        app.close()
     click.echo(f"created role {name}")
 
 
@@ -473,11 +466,8 @@ def role_create(settings: Settings, name: str, permissions: tuple[str, ...]) -> 
 @reports_errors
 def role_grant(settings: Settings, name: str, permission: str) -> None:
     """Grant a permission to a role."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         app.directory.grant(name, permission)
-    finally:
-        app.close()
     click.echo(f"granted '{permission}' to {name}")
 
 
@@ -488,11 +478,8 @@ def role_grant(settings: Settings, name: str, permission: str) -> None:
 @reports_errors
 def role_revoke(settings: Settings, name: str, permission: str) -> None:
     """Remove a permission from a role."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         app.directory.revoke(name, permission)
-    finally:
-        app.close()
     click.echo(f"revoked '{permission}' from {name}")
 
 
@@ -501,12 +488,9 @@ def role_revoke(settings: Settings, name: str, permission: str) -> None:
 @reports_errors
 def role_list(settings: Settings) -> None:
     """List roles with their permissions."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         for name, permissions in app.directory.list_roles().items():
             click.echo(f"{name}\t{', '.join(permissions)}")
-    finally:
-        app.close()
 
 
 @main.group()
@@ -525,11 +509,8 @@ def consumer_create(
     settings: Settings, tenant: str, roles: tuple[str, ...], label: str | None, as_json: bool
 ) -> None:
     """Create a consumer and print its client id and secret (shown only this once)."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         created = app.directory.create_consumer(tenant, list(roles) or None, label)
-    finally:
-        app.close()
     if as_json:
         click.echo(
             json.dumps(
@@ -554,11 +535,8 @@ def consumer_create(
 @reports_errors
 def consumer_list(settings: Settings, tenant: str | None, as_json: bool) -> None:
     """List consumers (never their secrets)."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         records = app.directory.list_consumers(tenant)
-    finally:
-        app.close()
     items: list[dict[str, Any]] = [
         {
             "client_id": r.client_id,
@@ -587,11 +565,8 @@ def consumer_list(settings: Settings, tenant: str | None, as_json: bool) -> None
 @reports_errors
 def consumer_revoke(settings: Settings, client_id: str) -> None:
     """Revoke a consumer: its tokens stop working within seconds."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         app.directory.revoke_consumer(client_id)
-    finally:
-        app.close()
     click.echo(f"revoked {client_id}")
 
 
@@ -614,11 +589,8 @@ def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
     from datetime import timedelta
 
     lead = timedelta(seconds=publish_lead) if publish_lead is not None else settings.key_publish_lead
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         key = app.key_ring.rotate(app.clock(), lead)
-    finally:
-        app.close()
     click.echo(f"new key {key.kid} signs from {key.active_from.isoformat()}")
 
 
@@ -630,11 +602,8 @@ def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
 @reports_errors
 def audit(settings: Settings, tenant: str | None, limit: int, as_json: bool) -> None:
     """Show the audit trail, newest first."""
-    app = application(settings)
-    try:
+    with opened(settings) as app:
         rows = app.directory.audit(tenant, limit)
-    finally:
-        app.close()
     for row in rows:
         at = row["at"]
         record = {**row, "at": at.isoformat() if hasattr(at, "isoformat") else at}
