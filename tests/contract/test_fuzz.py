@@ -18,7 +18,9 @@ from tests.contract.helpers import Consumer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = Path(
-    os.environ.get("ORCHESTRA_CONTRACT", str(ROOT.parent / "shared" / "contract" / "orchestra-api.openapi.yaml"))
+    os.environ.get(
+        "ORCHESTRA_CONTRACT", str(ROOT.parent / "shared" / "contract" / "orchestra-api.openapi.yaml")
+    )
 )
 EXAMPLES_PER_OPERATION = int(os.environ.get("ORCHESTRA_FUZZ_EXAMPLES", "100"))
 # Every answer a consumer can get: no server error, a documented status, the documented
