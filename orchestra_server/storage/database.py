@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError as DbInterfaceError
 from sqlalchemy.exc import OperationalError
 
-from orchestra_server.errors import Unavailable
+from orchestra_server.errors import Overloaded, Unavailable
 
 SQLITE_FILE = "orchestra.db"
 # How long a SQLite writer waits for another process's write lock before failing.
@@ -26,6 +28,8 @@ if SQLITE_SYNCHRONOUS not in ("NORMAL", "FULL", "EXTRA"):
     raise SystemExit("ORCHESTRA_SQLITE_SYNCHRONOUS must be NORMAL, FULL or EXTRA")
 
 _WRITE = "orchestra_write"
+# Beside the database file: the lock all processes' writers queue on.
+SQLITE_WRITER_LOCK_SUFFIX = "-writer.lock"
 
 
 def default_url(data_dir: Path) -> str:
@@ -40,11 +44,52 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+class WriterQueue:
+    """Makes SQLite writers wait their turn without sleeping in SQLite's busy handler.
+
+    SQLite allows one writer at a time, and a writer that finds the lock taken polls for it
+    in sleeps of up to 100 ms, so under load every write waits far longer than the writes
+    ahead of it take. Writers instead queue here: the threads of a process on a lock, the
+    processes sharing the database on a lock file, whose waiter the kernel wakes at once.
+    SQLite's own busy timeout stays as the safety net for writers outside Orchestra.
+    """
+
+    def __init__(self, lock_file: Path | None, timeout_seconds: float) -> None:
+        self._threads = threading.Lock()
+        self._timeout = timeout_seconds
+        self._fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600) if lock_file is not None else None
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        if not self._threads.acquire(timeout=self._timeout):
+            raise Overloaded("the database is busy; retry later")
+        try:
+            if self._fd is None:
+                yield
+                return
+            # Only the thread holding its process's turn waits here, and only for the write
+            # transaction another process is running.
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 @dataclass
 class Database:
     """One engine (a connection pool) and the two kinds of transaction the services use."""
 
     engine: Engine
+    # SQLite only: where writers wait for their turn.
+    writers: WriterQueue | None = field(default=None)
 
     @property
     def is_sqlite(self) -> bool:
@@ -68,6 +113,15 @@ class Database:
         followed by a write inside it can never interleave with another writer.
         On PostgreSQL callers lock the rows they change (SELECT ... FOR UPDATE).
         """
+        if self.writers is None:
+            with self._write_transaction() as conn:
+                yield conn
+            return
+        with self.writers.turn(), self._write_transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
         with _translate_outage(), self.engine.connect() as conn:
             conn = conn.execution_options(**{_WRITE: True})
             with conn.begin():
@@ -75,6 +129,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.writers is not None:
+            self.writers.close()
 
 
 @contextmanager
@@ -97,13 +153,16 @@ def open_database(url: str, *, pool_size: int = 8, echo: bool = False) -> Databa
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
     if parsed.get_backend_name() == "sqlite":
+        lock_file = None
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            lock_file = Path(parsed.database + SQLITE_WRITER_LOCK_SUFFIX)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
         engine = create_engine(url, **kwargs)
         _configure_sqlite(engine)
+        return Database(engine, WriterQueue(lock_file, SQLITE_BUSY_TIMEOUT_MS / 1000))
     else:
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
