@@ -7,7 +7,14 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from orchestra_server.errors import Overloaded
 
 _SCHEME = "scrypt"
 _SALT_BYTES = 16
@@ -150,3 +157,79 @@ def dummy_verify(secret: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
     candidate = _derive(secret, secrets.token_bytes(_SALT_BYTES), params, _HASH_BYTES)
     hmac.compare_digest(candidate, secrets.token_bytes(_HASH_BYTES))
     return False
+
+
+class SecretChecks:
+    """The slow secret checks of one process: a bounded number at once, recent successes remembered.
+
+    Each check holds `maxmem` of memory (32 MiB by default) for its whole run, so unbounded
+    concurrent token requests would grow a process without limit; `concurrent` checks run at
+    once and the rest wait their turn, up to `wait_seconds`, then are refused as overload.
+    A secret that matched is remembered for `remember_seconds` under a keyed hash of the
+    client, the stored hash and the presented secret, so a consumer fetching tokens again
+    skips the slow hash; changing the secret changes the stored hash and forgets it. Only a
+    check the caller marks `may_remember` (one that would grant a token) is answered from
+    memory: every refusal still costs one full hash.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrent: int = 1,
+        wait_seconds: float = 5.0,
+        remember: int = 4096,
+        remember_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(concurrent)
+        self._wait = wait_seconds
+        self._capacity = remember
+        self._ttl = remember_seconds
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._matched: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, client_id: str, secret: str, stored: str, *, may_remember: bool) -> bool:
+        key = self._fingerprint(client_id, secret, stored)
+        if may_remember and self._recall(key):
+            return True
+        with self._slot():
+            matched = verify_secret(secret, stored)
+        if matched and may_remember:
+            self._store(key)
+        return matched
+
+    def dummy(self, secret: str, params: ScryptParams) -> bool:
+        with self._slot():
+            return dummy_verify(secret, params)
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self._wait):
+            raise Overloaded("too many token requests at once; retry later")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _fingerprint(self, client_id: str, secret: str, stored: str) -> bytes:
+        message = "\x00".join((client_id, stored, secret)).encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def _recall(self, key: bytes) -> bool:
+        with self._lock:
+            expires = self._matched.get(key)
+            if expires is None:
+                return False
+            if expires <= self._clock():
+                del self._matched[key]
+                return False
+            return True
+
+    def _store(self, key: bytes) -> None:
+        with self._lock:
+            self._matched[key] = self._clock() + self._ttl
+            self._matched.move_to_end(key)
+            while len(self._matched) > self._capacity:
+                self._matched.popitem(last=False)

@@ -16,7 +16,7 @@ from oauthlib.oauth2 import BackendApplicationServer, RequestValidator
 from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 
 from orchestra_server.identity.access_tokens import AccessTokenIssuer
-from orchestra_server.identity.client_secrets import DEFAULT_PARAMS, ScryptParams, dummy_verify, verify_secret
+from orchestra_server.identity.client_secrets import DEFAULT_PARAMS, ScryptParams, SecretChecks
 
 ACCESS_PERMISSION = "access orchestra api"
 MAX_BODY_BYTES = 4096
@@ -67,12 +67,14 @@ class _Validator(RequestValidator):  # type: ignore[misc]
         basic: tuple[str, str] | None,
         basic_attempted: bool,
         hash_params: ScryptParams,
+        checks: SecretChecks,
     ) -> None:
         super().__init__()
         self._directory = directory
         self._basic = basic
         self._basic_attempted = basic_attempted
         self._hash_params = hash_params
+        self._checks = checks
 
     def authenticate_client(self, request: Any, *args: Any, **kwargs: Any) -> bool:
         body_id: str | None = request.client_id or None
@@ -89,23 +91,23 @@ class _Validator(RequestValidator):  # type: ignore[misc]
             if body_id is None or body_secret is None:
                 # No client authentication at all is `invalid_client` (RFC 6749 section 5.2),
                 # at the price of one hash like every other refusal.
-                dummy_verify(body_secret or "", self._hash_params)
+                self._checks.dummy(body_secret or "", self._hash_params)
                 return False
             client_id, secret = body_id, body_secret
         if "\x00" in client_id or "\x00" in secret:
             raise oauth_errors.InvalidRequestError(request=request)
         consumer = self._directory.find_consumer(client_id)
         if consumer is None:
-            return dummy_verify(secret, self._hash_params)
-        # The secret is checked before anything else so that every refusal
-        # costs one hash, whatever made it a refusal.
-        secret_ok = verify_secret(secret, consumer.secret_hash)
-        if (
-            not secret_ok
-            or consumer.client_id != client_id
+            return self._checks.dummy(secret, self._hash_params)
+        refused = (
+            consumer.client_id != client_id
             or consumer.revoked
             or ACCESS_PERMISSION not in consumer.permissions
-        ):
+        )
+        # The secret is checked whatever else refuses the client, so that every refusal
+        # costs one hash; only a check that would grant a token may be answered from memory.
+        secret_ok = self._checks.verify(client_id, secret, consumer.secret_hash, may_remember=not refused)
+        if not secret_ok or refused:
             return False
         request.client = consumer
         request.client_id = client_id
@@ -211,11 +213,13 @@ class TokenEndpoint:
         issuer: AccessTokenIssuer,
         *,
         hash_params: ScryptParams = DEFAULT_PARAMS,
+        checks: SecretChecks | None = None,
     ) -> None:
         """`hash_params` should be those the stored secrets use: an unknown client then costs the same."""
         self._directory = directory
         self._issuer = issuer
         self._hash_params = hash_params
+        self._checks = checks or SecretChecks()
 
     def handle(
         self, body: bytes, content_type: str | None, authorization: str | None, now: datetime
@@ -229,7 +233,7 @@ class TokenEndpoint:
         except _BadRequest:
             return self._error("invalid_request", basic_attempted)
         basic = _parse_basic(authorization) if authorization else None
-        validator = _Validator(self._directory, basic, basic_attempted, self._hash_params)
+        validator = _Validator(self._directory, basic, basic_attempted, self._hash_params, self._checks)
         issued: list[tuple[str, int]] = []
 
         def generate(request: Any) -> str:

@@ -180,8 +180,8 @@ def test_an_unknown_client_costs_a_hash_like_a_wrong_secret(
         calls.append(f"verify {stored.split('$')[1]}")
         return real_verify(secret, stored)
 
-    monkeypatch.setattr("orchestra_server.identity.token_endpoint.dummy_verify", dummy)
-    monkeypatch.setattr("orchestra_server.identity.token_endpoint.verify_secret", verify)
+    monkeypatch.setattr(client_secrets, "dummy_verify", dummy)
+    monkeypatch.setattr(client_secrets, "verify_secret", verify)
     _post(endpoint, _grant("nobody", SECRET))
     _post(endpoint, _grant(CLIENT, "wrong"))
     directory.update(CLIENT, revoked=True)
