@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Lock
@@ -33,6 +33,8 @@ Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
 
 INSTANCE_STATUSES = frozenset(s.value for s in InstanceStatus)
+# The actor recorded for what the timer scheduler does.
+SCHEDULER_ACTOR = "scheduler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,44 +290,71 @@ class ProcessService:
     def fire_due_token(self, tenant_id: str, token_id: str) -> bool:
         """Fires a due timer or timeout as the scheduler; False when it is no longer due or parked."""
         try:
-            self._advance(Caller(tenant_id, "scheduler"), token_id, action="token.fire", fire=True)
+            self._advance(Caller(tenant_id, SCHEDULER_ACTOR), token_id, action="token.fire", fire=True)
         except TokenNotParked:
             return False
         return True
+
+    def fire_due_tokens(self, due: Sequence[tuple[str, str]]) -> int:
+        """Fires claimed due tokens, given as (token id, tenant), in one transaction; returns how many fired.
+
+        Each firing runs under its own savepoint, so a token that is no longer due or parked
+        is passed over without undoing the others. Any other failure rolls the whole batch
+        back and propagates.
+        """
+        fired = 0
+        with self._db.writing() as conn:
+            for token_id, tenant_id in due:
+                if not limits.is_plausible_id(token_id):
+                    continue
+                try:
+                    with conn.begin_nested():
+                        self._advance_in(
+                            conn, Caller(tenant_id, SCHEDULER_ACTOR), token_id, action="token.fire", fire=True
+                        )
+                except TokenNotParked:
+                    continue
+                fired += 1
+        return fired
 
     def _advance(self, caller: Caller, token_id: str, *, action: str, fire: bool) -> None:
         if not limits.is_plausible_id(token_id):
             raise TokenNotParked()
         with self._db.writing() as conn:
-            # The instance row lock serialises every advance of one instance: a racing
-            # signal of the same token finds it consumed once it gets the lock.
-            header = repo.lock_instance_of_token(conn, caller.tenant_id, token_id)
-            if header is None:
-                raise TokenNotParked()
-            seq = header.seq
-            if header.status is not InstanceStatus.RUNNING:
-                raise TokenNotParked()
-            tokens = repo.live_tokens(conn, seq)
-            variables = repo.StoredVariables(conn, seq)
-            definition = self._definitions.get(conn, header.definition_pk)
-            now = self._clock()
-            advance = engine.fire_due if fire else engine.signal
-            step = advance(definition, tokens, variables, token_id, now=now, new_id=self._new_id)
-            if repo.delete_tokens(conn, seq, step.consumed) != len(step.consumed):
-                # Cannot happen under the lock; refuse rather than half-apply.
-                raise TokenNotParked()
-            repo.insert_tokens(conn, seq, caller.tenant_id, step.created)
-            if step.status is not header.status:
-                repo.set_instance_status(conn, seq, step.status, now)
-            repo.record_audit(
-                conn,
-                at=now,
-                tenant_id=caller.tenant_id,
-                actor=caller.actor,
-                action=action,
-                instance_id=header.id,
-                detail={"token_id": token_id, **_step_detail(step)},
-            )
+            self._advance_in(conn, caller, token_id, action=action, fire=fire)
+
+    def _advance_in(
+        self, conn: Connection, caller: Caller, token_id: str, *, action: str, fire: bool
+    ) -> None:
+        # The instance row lock serialises every advance of one instance: a racing
+        # signal of the same token finds it consumed once it gets the lock.
+        header = repo.lock_instance_of_token(conn, caller.tenant_id, token_id)
+        if header is None:
+            raise TokenNotParked()
+        seq = header.seq
+        if header.status is not InstanceStatus.RUNNING:
+            raise TokenNotParked()
+        tokens = repo.live_tokens(conn, seq)
+        variables = repo.StoredVariables(conn, seq)
+        definition = self._definitions.get(conn, header.definition_pk)
+        now = self._clock()
+        advance = engine.fire_due if fire else engine.signal
+        step = advance(definition, tokens, variables, token_id, now=now, new_id=self._new_id)
+        if repo.delete_tokens(conn, seq, step.consumed) != len(step.consumed):
+            # Cannot happen under the lock; refuse rather than half-apply.
+            raise TokenNotParked()
+        repo.insert_tokens(conn, seq, caller.tenant_id, step.created)
+        if step.status is not header.status:
+            repo.set_instance_status(conn, seq, step.status, now)
+        repo.record_audit(
+            conn,
+            at=now,
+            tenant_id=caller.tenant_id,
+            actor=caller.actor,
+            action=action,
+            instance_id=header.id,
+            detail={"token_id": token_id, **_step_detail(step)},
+        )
 
 
 def _step_detail(step: engine.Step) -> dict[str, Json]:

@@ -11,6 +11,7 @@ import pytest
 from orchestra_server import errors
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.service.scheduler import TimerScheduler
+from orchestra_server.storage import repository as repo
 from orchestra_server.storage.database import Database
 from tests.conftest import FakeClock
 from tests.integration.test_processes import World, write
@@ -141,6 +142,37 @@ def test_batches_are_bounded_and_ordered_by_due_time(world: World, database: Dat
     fired = [i for i in ids if nodes(world, i) == ["task"]]
     assert fired == ids[:3]
     assert sched.drain() == 4
+
+
+def test_a_chunk_passes_over_a_token_signalled_since_its_claim(world: World, database: Database) -> None:
+    ids = [world.processes.start_process(ALICE, "cool_off", {}) for _ in range(5)]
+    world.clock.advance(timedelta(hours=1))
+    claimed = [(world.token_at(ALICE, i, "cool"), "default") for i in ids]
+    world.processes.signal_token(ALICE, claimed[2][0])  # after the claim, before the firing
+    assert world.processes.fire_due_tokens(claimed) == 4
+    assert [nodes(world, i) for i in ids] == [["task"]] * 5
+    with database.reading() as conn:
+        audit = repo.read_audit(conn, "default", 100)
+    fired = [e["instance_id"] for e in audit if e["action"] == "token.fire"]
+    assert sorted(fired) == sorted(ids[:2] + ids[3:])
+
+
+def test_a_chunk_that_fails_as_a_whole_is_fired_one_at_a_time(
+    world: World, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [world.processes.start_process(ALICE, "cool_off", {}) for _ in range(6)]
+    world.clock.advance(timedelta(hours=1))
+    chunks: list[int] = []
+
+    def failing_chunk(due: list[tuple[str, str]]) -> int:
+        chunks.append(len(due))
+        raise RuntimeError("deadlock detected")
+
+    monkeypatch.setattr(world.processes, "fire_due_tokens", failing_chunk)
+    sched = TimerScheduler(database, world.processes, clock=world.clock, batch_size=10, fire_chunk=4)
+    assert sched.run_once() == 6
+    assert chunks == [4, 2]
+    assert [nodes(world, i) for i in ids] == [["task"]] * 6
 
 
 def test_idempotency_keys_are_kept_a_day_then_forgotten(world: World, database: Database) -> None:
