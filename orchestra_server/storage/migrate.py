@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from orchestra_server.storage.database import Database
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest revision in MIGRATIONS (a test keeps the two in step). A process that finds the
+# database there never loads the migration machinery, which would stay in its memory for good.
+SCHEMA_REVISION = "0001"
+VERSION_TABLE = "alembic_version"
 # Any constant works; it only has to be the same in every Orchestra process.
 _MIGRATION_LOCK_KEY = 0x0C4E57A
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
+def head_revision() -> str | None:
+    """The newest revision among the migration scripts."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
 def upgrade(database: Database) -> None:
     """Brings the schema to the newest revision (no-op when it is there already)."""
+    if current_revision(database) == SCHEMA_REVISION:
+        return
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     config = _config()
-    head = ScriptDirectory.from_config(config).get_current_head()
+    head = head_revision()
     with database.engine.connect() as conn:
         if database.is_postgres:
             # Serialise concurrent start-ups of several processes or hosts.
@@ -44,5 +62,9 @@ def upgrade(database: Database) -> None:
 
 
 def current_revision(database: Database) -> str | None:
+    """The revision the database is at; None before the first migration."""
     with database.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        revisions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        return revisions[0] if len(revisions) == 1 else None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from orchestra_server.storage.database import Database
-from orchestra_server.storage.migrate import current_revision, upgrade
+from orchestra_server.storage.migrate import SCHEMA_REVISION, current_revision, head_revision, upgrade
 from orchestra_server.storage.schema import Base
 
 
@@ -25,3 +29,25 @@ def test_upgrade_is_idempotent_and_seeds_defaults(database: Database) -> None:
         assert conn.execute(text("SELECT id FROM tenants")).scalars().all() == ["default"]
         permissions = conn.execute(text("SELECT role, permission FROM role_permissions")).all()
     assert [tuple(p) for p in permissions] == [("api_consumer", "access orchestra api")]
+
+
+def test_the_recorded_schema_revision_is_the_newest_migration(database: Database) -> None:
+    assert head_revision() == SCHEMA_REVISION
+    assert current_revision(database) == SCHEMA_REVISION
+
+
+def test_a_process_on_a_current_database_never_loads_the_migration_machinery(
+    database: Database, tmp_path: Path
+) -> None:
+    url = database.engine.url.render_as_string(hide_password=False)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from orchestra_server.bootstrap import Settings, build_application\n"
+        f"app = build_application(Settings(data_dir=Path({str(tmp_path)!r}), db_url={url!r}))\n"
+        "app.database.dispose()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
