@@ -48,15 +48,24 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # The services are fixed once the server starts, so each method is wrapped once.
+        self._wrapped: dict[str, Any] = {}
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
     ) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            handler = continuation(details)
+            if handler is None:  # an unknown method: not remembered, its name is the caller's
+                return None
+            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
+        if handler.unary_unary is None:
             # Streams (health Watch, reflection) are long-lived; a duration per call would mislead.
             return handler
-        method: str = details.method
         rpc = method.rsplit("/", 1)[-1]
         level = logging.DEBUG if method.startswith(QUIET_SERVICE_PREFIX) else logging.INFO
         inner = handler.unary_unary

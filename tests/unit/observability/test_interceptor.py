@@ -175,3 +175,28 @@ def test_streaming_handlers_pass_through_untouched() -> None:
         invocation_metadata = ()
 
     assert ObservabilityInterceptor(Metrics()).intercept_service(lambda _d: handler, Details()) is handler
+
+
+def test_each_known_method_is_wrapped_once_and_unknown_ones_are_not_remembered() -> None:
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method = method
+            self.invocation_metadata = ()
+
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    interceptor = ObservabilityInterceptor(Metrics())
+    looked_up: list[str] = []
+
+    def continuation(details: grpc.HandlerCallDetails) -> Any:
+        looked_up.append(details.method)
+        return handler if details.method == "/orchestra.v1.DiagnosticsService/Ping" else None
+
+    first = interceptor.intercept_service(continuation, Details("/orchestra.v1.DiagnosticsService/Ping"))
+    again = interceptor.intercept_service(continuation, Details("/orchestra.v1.DiagnosticsService/Ping"))
+    assert first is again
+    assert first is not handler
+    assert first.unary_unary(b"x", FakeContext()) == b"x"
+    for name in ("/made.up/One", "/made.up/One", "/made.up/Two"):
+        assert interceptor.intercept_service(continuation, Details(name)) is None
+    ping = "/orchestra.v1.DiagnosticsService/Ping"
+    assert looked_up == [ping, "/made.up/One", "/made.up/One", "/made.up/Two"]
