@@ -6,22 +6,11 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import (
-    Connection,
-    Table,
-    TextClause,
-    and_,
-    bindparam,
-    delete,
-    func,
-    insert,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import exc as sa_exc
 
 from orchestra_server.engine.model import InstanceStatus, Json, Token, TokenStatus
 from orchestra_server.storage.schema import (
@@ -30,9 +19,9 @@ from orchestra_server.storage.schema import (
     IdempotencyKeyRow,
     InstanceRow,
     TokenRow,
-    UtcDateTime,
     VariableRow,
 )
+from orchestra_server.storage.statements import Sql, bind_time, execute, execute_many, is_sqlite, read_time
 
 definitions_t = cast(Table, DefinitionRow.__table__)
 instances_t = cast(Table, InstanceRow.__table__)
@@ -42,39 +31,28 @@ audit_t = cast(Table, AuditRow.__table__)
 idempotency_t = cast(Table, IdempotencyKeyRow.__table__)
 
 
-# The statements on every request are written once, as text: building Core constructs and
-# their cache keys per call cost more than the database work itself (tens of microseconds
-# per statement), and these are simple enough to read as SQL.
-_TIME = UtcDateTime()
-
-
-def _sql(statement: str, *, times: tuple[str, ...] = (), result_times: tuple[str, ...] = ()) -> TextClause:
-    clause = text(statement).bindparams(*(bindparam(name, type_=_TIME) for name in times))
-    return clause.columns(**dict.fromkeys(result_times, _TIME)) if result_times else clause  # type: ignore[return-value]
-
-
-SQL_DEFINITION_FOR_TENANT = _sql(
+# The statements on every request: run on the driver's cursor (see statements.py).
+SQL_DEFINITION_FOR_TENANT = Sql(
     "SELECT pk, content FROM definitions WHERE definition_id = :definition_id AND tenant_key IN (:tenant, '')"
     " ORDER BY CASE WHEN tenant_key = '' THEN 1 ELSE 0 END, version DESC LIMIT 1"
 )
-SQL_DEFINITION_CONTENT = _sql("SELECT content FROM definitions WHERE pk = :pk")
-SQL_INSERT_INSTANCE = _sql(
+SQL_DEFINITION_CONTENT = Sql("SELECT content FROM definitions WHERE pk = :pk")
+SQL_INSERT_INSTANCE = Sql(
     "INSERT INTO instances (id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
-    " VALUES (:id, :tenant, :definition_id, :definition_pk, :status, :now, :now) RETURNING seq",
-    times=("now",),
+    " VALUES (:id, :tenant, :definition_id, :definition_pk, :status, :now, :now) RETURNING seq"
 )
-SQL_FIND_INSTANCE = _sql(
+SQL_FIND_INSTANCE = Sql(
     "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
     " FROM instances WHERE id = :id AND tenant_id = :tenant"
 )
-SQL_FIND_INSTANCE_LOCKED = _sql(
+SQL_FIND_INSTANCE_LOCKED = Sql(
     "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
     " FROM instances WHERE id = :id AND tenant_id = :tenant FOR UPDATE"
 )
-SQL_FIND_BY_SEQ = _sql(
+SQL_FIND_BY_SEQ = Sql(
     "SELECT seq, id, tenant_id, definition_id, definition_pk, status FROM instances WHERE seq = :seq"
 )
-SQL_LOCK_INSTANCE = _sql(
+SQL_LOCK_INSTANCE = Sql(
     "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
     " FROM instances WHERE seq = :seq FOR UPDATE"
 )
@@ -82,41 +60,39 @@ _INSTANCE_BY_LIVE_ID = (
     "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status"
     " FROM tokens t JOIN instances i ON i.seq = t.instance_seq WHERE t.id = :token AND t.tenant_id = :tenant"
 )
-SQL_INSTANCE_OF_TOKEN = _sql(_INSTANCE_BY_LIVE_ID)
-SQL_INSTANCE_OF_TOKEN_LOCKED = _sql(_INSTANCE_BY_LIVE_ID + " FOR UPDATE OF i")
-SQL_INSTANCE_WITH_TOKENS = _sql(
-    "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status,"
-    " t.id AS token_id, t.node_id AS token_node, t.status AS token_status"
+SQL_INSTANCE_OF_TOKEN = Sql(_INSTANCE_BY_LIVE_ID)
+SQL_INSTANCE_OF_TOKEN_LOCKED = Sql(_INSTANCE_BY_LIVE_ID + " FOR UPDATE OF i")
+SQL_INSTANCE_WITH_TOKENS = Sql(
+    "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status, t.id, t.node_id, t.status"
     " FROM instances i LEFT JOIN tokens t ON t.instance_seq = i.seq"
     " WHERE i.id = :id AND i.tenant_id = :tenant ORDER BY t.ordinal"
 )
-SQL_LIVE_TOKENS = _sql(
+SQL_LIVE_TOKENS = Sql(
     "SELECT id, node_id, status, ordinal, arrived_by, due_at, message FROM tokens"
-    " WHERE instance_seq = :seq ORDER BY ordinal",
-    result_times=("due_at",),
+    " WHERE instance_seq = :seq ORDER BY ordinal"
 )
-SQL_INSERT_TOKEN = _sql(
+SQL_INSERT_TOKEN = Sql(
     "INSERT INTO tokens (id, instance_seq, tenant_id, node_id, status, ordinal, arrived_by, due_at, message)"
-    " VALUES (:id, :seq, :tenant, :node_id, :status, :ordinal, :arrived_by, :due_at, :message)",
-    times=("due_at",),
+    " VALUES (:id, :seq, :tenant, :node_id, :status, :ordinal, :arrived_by, :due_at, :message)"
 )
-SQL_DELETE_TOKENS = text("DELETE FROM tokens WHERE instance_seq = :seq AND id IN :ids").bindparams(
-    bindparam("ids", expanding=True)
-)
-SQL_SET_STATUS = _sql(
-    "UPDATE instances SET status = :status, updated_at = :now WHERE seq = :seq", times=("now",)
-)
-SQL_VARIABLES = _sql("SELECT name, value FROM variables WHERE instance_seq = :seq ORDER BY name")
-SQL_INSERT_VARIABLE = _sql("INSERT INTO variables (instance_seq, name, value) VALUES (:seq, :name, :value)")
-SQL_UPDATE_VARIABLE = _sql("UPDATE variables SET value = :value WHERE instance_seq = :seq AND name = :name")
-SQL_AUDIT = _sql(
+SQL_SET_STATUS = Sql("UPDATE instances SET status = :status, updated_at = :now WHERE seq = :seq")
+SQL_VARIABLES = Sql("SELECT name, value FROM variables WHERE instance_seq = :seq ORDER BY name")
+SQL_INSERT_VARIABLE = Sql("INSERT INTO variables (instance_seq, name, value) VALUES (:seq, :name, :value)")
+SQL_UPDATE_VARIABLE = Sql("UPDATE variables SET value = :value WHERE instance_seq = :seq AND name = :name")
+SQL_AUDIT = Sql(
     "INSERT INTO audit (at, tenant_id, actor, action, instance_id, detail)"
-    " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)",
-    times=("at",),
+    " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)"
 )
 
 
-def _list_statement(by_definition: bool, by_status: bool, after: bool) -> TextClause:
+@lru_cache(maxsize=64)
+def _delete_tokens_sql(count: int) -> Sql:
+    # Only generated parameter names are joined in; the ids themselves are bound.
+    ids = ", ".join(f":id{i}" for i in range(count))
+    return Sql(f"DELETE FROM tokens WHERE instance_seq = :seq AND id IN ({ids})")  # noqa: S608
+
+
+def _list_statement(by_definition: bool, by_status: bool, after: bool) -> Sql:
     conditions = ["tenant_id = :tenant"]
     if by_definition:
         conditions.append("definition_id = :definition_id")
@@ -126,7 +102,7 @@ def _list_statement(by_definition: bool, by_status: bool, after: bool) -> TextCl
         conditions.append("seq < :before")
     where = " AND ".join(conditions)
     # Only the fixed conditions above are joined in; every value is a bound parameter.
-    return _sql(
+    return Sql(
         f"SELECT seq, id, definition_id, status FROM instances WHERE {where} ORDER BY seq DESC LIMIT :limit"  # noqa: S608
     )
 
@@ -208,14 +184,13 @@ def insert_definition_version(
 
 def definition_for_tenant(conn: Connection, tenant_id: str, definition_id: str) -> tuple[int, str] | None:
     """The newest version available to the tenant: its own scoped definition wins over a shared one."""
-    row = conn.execute(
-        SQL_DEFINITION_FOR_TENANT, {"definition_id": definition_id, "tenant": tenant_id}
-    ).first()
-    return (int(row.pk), str(row.content)) if row else None
+    parameters = {"definition_id": definition_id, "tenant": tenant_id}
+    row = execute(conn, SQL_DEFINITION_FOR_TENANT, parameters).fetchone()
+    return (int(row[0]), str(row[1])) if row else None
 
 
 def definition_content(conn: Connection, pk: int) -> str:
-    return str(conn.execute(SQL_DEFINITION_CONTENT, {"pk": pk}).scalar_one())
+    return str(_one(execute(conn, SQL_DEFINITION_CONTENT, {"pk": pk}))[0])
 
 
 def list_definitions(conn: Connection, tenant_key: str | None) -> list[StoredDefinition]:
@@ -256,29 +231,40 @@ def insert_instance(
     status: InstanceStatus,
     now: datetime,
 ) -> int:
-    seq = conn.execute(
-        SQL_INSERT_INSTANCE,
-        {
-            "id": instance_id,
-            "tenant": tenant_id,
-            "definition_id": definition_id,
-            "definition_pk": definition_pk,
-            "status": status.value,
-            "now": now,
-        },
-    ).scalar_one()
-    return int(seq)
-
-
-def _header(row: Any) -> InstanceHeader:
-    return InstanceHeader(
-        seq=row.seq,
-        id=row.id,
-        tenant_id=row.tenant_id,
-        definition_id=row.definition_id,
-        definition_pk=row.definition_pk,
-        status=InstanceStatus(row.status),
+    row = _one(
+        execute(
+            conn,
+            SQL_INSERT_INSTANCE,
+            {
+                "id": instance_id,
+                "tenant": tenant_id,
+                "definition_id": definition_id,
+                "definition_pk": definition_pk,
+                "status": status.value,
+                "now": bind_time(conn, now),
+            },
+        )
     )
+    return int(row[0])
+
+
+def _header(row: Sequence[Any]) -> InstanceHeader:
+    return InstanceHeader(
+        seq=row[0],
+        id=row[1],
+        tenant_id=row[2],
+        definition_id=row[3],
+        definition_pk=row[4],
+        status=InstanceStatus(row[5]),
+    )
+
+
+def _one(cursor: Any) -> Sequence[Any]:
+    """The single row a statement must return."""
+    rows = cursor.fetchall()
+    if len(rows) != 1:
+        raise sa_exc.NoResultFound("no row") if not rows else sa_exc.MultipleResultsFound("several rows")
+    return cast(Sequence[Any], rows[0])
 
 
 _HEADER_COLUMNS = (
@@ -295,18 +281,18 @@ def find_instance(
     conn: Connection, tenant_id: str, instance_id: str, *, lock: bool = False
 ) -> InstanceHeader | None:
     statement = SQL_FIND_INSTANCE_LOCKED if lock and _locks_rows(conn) else SQL_FIND_INSTANCE
-    row = conn.execute(statement, {"id": instance_id, "tenant": tenant_id}).first()
+    row = execute(conn, statement, {"id": instance_id, "tenant": tenant_id}).fetchone()
     return _header(row) if row else None
 
 
 def _locks_rows(conn: Connection) -> bool:
     # SQLite has no row locks: its write transactions (BEGIN IMMEDIATE) hold the whole database.
-    return conn.dialect.name != "sqlite"
+    return not is_sqlite(conn)
 
 
 def lock_instance(conn: Connection, seq: int) -> InstanceHeader:
     statement = SQL_LOCK_INSTANCE if _locks_rows(conn) else SQL_FIND_BY_SEQ
-    return _header(conn.execute(statement, {"seq": seq}).one())
+    return _header(_one(execute(conn, statement, {"seq": seq})))
 
 
 def lock_instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> InstanceHeader | None:
@@ -316,7 +302,7 @@ def lock_instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> I
     tokens again under the lock.
     """
     statement = SQL_INSTANCE_OF_TOKEN_LOCKED if _locks_rows(conn) else SQL_INSTANCE_OF_TOKEN
-    row = conn.execute(statement, {"token": token_id, "tenant": tenant_id}).first()
+    row = execute(conn, statement, {"token": token_id, "tenant": tenant_id}).fetchone()
     return _header(row) if row else None
 
 
@@ -324,24 +310,24 @@ def instance_with_tokens(
     conn: Connection, tenant_id: str, instance_id: str
 ) -> tuple[InstanceHeader, list[tuple[str, str, str]]] | None:
     """The tenant's instance and its live tokens as (id, node id, status), oldest first, in one query."""
-    rows = conn.execute(SQL_INSTANCE_WITH_TOKENS, {"id": instance_id, "tenant": tenant_id}).all()
+    rows = execute(conn, SQL_INSTANCE_WITH_TOKENS, {"id": instance_id, "tenant": tenant_id}).fetchall()
     if not rows:
         return None
-    tokens = [(r.token_id, r.token_node, r.token_status) for r in rows if r.token_id is not None]
+    tokens = [(r[6], r[7], r[8]) for r in rows if r[6] is not None]
     return _header(rows[0]), tokens
 
 
 def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
-    rows = conn.execute(SQL_LIVE_TOKENS, {"seq": instance_seq})
+    rows = execute(conn, SQL_LIVE_TOKENS, {"seq": instance_seq}).fetchall()
     return [
         Token(
-            id=row.id,
-            node_id=row.node_id,
-            status=TokenStatus(row.status),
-            ordinal=row.ordinal,
-            arrived_by=row.arrived_by,
-            due_at=row.due_at,
-            message=row.message,
+            id=row[0],
+            node_id=row[1],
+            status=TokenStatus(row[2]),
+            ordinal=row[3],
+            arrived_by=row[4],
+            due_at=read_time(row[5]),
+            message=row[6],
         )
         for row in rows
     ]
@@ -350,7 +336,8 @@ def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
 def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: Sequence[Token]) -> None:
     if not tokens:
         return
-    conn.execute(
+    execute_many(
+        conn,
         SQL_INSERT_TOKEN,
         [
             {
@@ -361,7 +348,7 @@ def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: S
                 "status": t.status.value,
                 "ordinal": t.ordinal,
                 "arrived_by": t.arrived_by,
-                "due_at": t.due_at,
+                "due_at": bind_time(conn, t.due_at),
                 "message": t.message[:1000] if t.message else None,
             }
             for t in tokens
@@ -372,11 +359,16 @@ def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: S
 def delete_tokens(conn: Connection, instance_seq: int, token_ids: Sequence[str]) -> int:
     if not token_ids:
         return 0
-    return conn.execute(SQL_DELETE_TOKENS, {"seq": instance_seq, "ids": list(token_ids)}).rowcount
+    parameters: dict[str, Any] = {f"id{i}": token_id for i, token_id in enumerate(token_ids)}
+    parameters["seq"] = instance_seq
+    cursor = execute(conn, _delete_tokens_sql(len(token_ids)), parameters)
+    count = int(cursor.rowcount)
+    cursor.close()
+    return count
 
 
 def set_instance_status(conn: Connection, seq: int, status: InstanceStatus, now: datetime) -> None:
-    conn.execute(SQL_SET_STATUS, {"status": status.value, "now": now, "seq": seq})
+    execute(conn, SQL_SET_STATUS, {"status": status.value, "now": bind_time(conn, now), "seq": seq}).close()
 
 
 def list_instances(
@@ -390,17 +382,15 @@ def list_instances(
 ) -> list[tuple[int, str, str, str]]:
     """(seq, id, definition_id, status), newest first; one index range scan per page."""
     statement = SQL_LIST[(definition_id is not None, status is not None, before_seq is not None)]
-    rows = conn.execute(
-        statement,
-        {
-            "tenant": tenant_id,
-            "definition_id": definition_id,
-            "status": status,
-            "before": before_seq,
-            "limit": limit,
-        },
-    )
-    return [(row.seq, row.id, row.definition_id, row.status) for row in rows]
+    parameters: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
+    if definition_id is not None:
+        parameters["definition_id"] = definition_id
+    if status is not None:
+        parameters["status"] = status
+    if before_seq is not None:
+        parameters["before"] = before_seq
+    rows = execute(conn, statement, parameters).fetchall()
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
 def claim_due_tokens(
@@ -480,20 +470,23 @@ class StoredVariables(Mapping[str, Json]):
 
 
 def variables_of(conn: Connection, instance_seq: int) -> dict[str, Json]:
-    return {row.name: json.loads(row.value) for row in conn.execute(SQL_VARIABLES, {"seq": instance_seq})}
+    rows = execute(conn, SQL_VARIABLES, {"seq": instance_seq}).fetchall()
+    return {name: json.loads(value) for name, value in rows}
 
 
 def insert_variables(conn: Connection, instance_seq: int, values: dict[str, str]) -> None:
     if values:
-        conn.execute(
-            SQL_INSERT_VARIABLE, [{"seq": instance_seq, "name": k, "value": v} for k, v in values.items()]
-        )
+        rows = [{"seq": instance_seq, "name": k, "value": v} for k, v in values.items()]
+        execute_many(conn, SQL_INSERT_VARIABLE, rows)
 
 
 def upsert_variable(conn: Connection, instance_seq: int, name: str, value: str) -> None:
     parameters = {"seq": instance_seq, "name": name, "value": value}
-    if conn.execute(SQL_UPDATE_VARIABLE, parameters).rowcount == 0:
-        conn.execute(SQL_INSERT_VARIABLE, parameters)
+    cursor = execute(conn, SQL_UPDATE_VARIABLE, parameters)
+    updated = cursor.rowcount
+    cursor.close()
+    if updated == 0:
+        execute(conn, SQL_INSERT_VARIABLE, parameters).close()
 
 
 # --- audit and idempotency -----------------------------------------------------------------
@@ -509,17 +502,18 @@ def record_audit(
     instance_id: str | None,
     detail: dict[str, Json],
 ) -> None:
-    conn.execute(
+    execute(
+        conn,
         SQL_AUDIT,
         {
-            "at": at,
+            "at": bind_time(conn, at),
             "tenant": tenant_id,
             "actor": actor,
             "action": action,
             "instance_id": instance_id,
             "detail": dump_json(detail),
         },
-    )
+    ).close()
 
 
 def read_audit(conn: Connection, tenant_id: str | None, limit: int) -> list[dict[str, Any]]:

@@ -1,0 +1,96 @@
+"""The statements of every request, run on the database driver's own cursor.
+
+SQLAlchemy's execution layer (execution context, bind and result processors, events, result
+metadata) cost more per statement than SQLite's own work for these small statements, and
+they are simple enough to keep as SQL: written once with `:name` parameters, rendered for
+each driver's parameter style, run inside the transaction the caller's `Connection` holds.
+Driver errors come out as SQLAlchemy's own exception types, and a lost PostgreSQL
+connection is invalidated, exactly as for statements SQLAlchemy runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy import exc as sa_exc
+
+_PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+class Sql:
+    """One statement in both parameter styles: `:name` (SQLite) and `%(name)s` (PostgreSQL)."""
+
+    __slots__ = ("postgres", "sqlite")
+
+    def __init__(self, statement: str) -> None:
+        if "%" in statement:
+            raise ValueError("a literal % would need escaping for the PostgreSQL driver")
+        self.sqlite = statement
+        self.postgres = _PARAMETER.sub(r"%(\1)s", statement)
+
+
+def is_sqlite(conn: Connection) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
+def execute(conn: Connection, sql: Sql, parameters: Mapping[str, Any]) -> Any:
+    """Runs one statement; returns the driver's cursor, positioned on its result rows."""
+    sqlite = is_sqlite(conn)
+    statement = sql.sqlite if sqlite else sql.postgres
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        cursor.execute(statement, parameters)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        cursor.close()
+        _reraise(conn, exc, statement, driver, sqlite)
+    return cursor
+
+
+def execute_many(conn: Connection, sql: Sql, rows: Sequence[Mapping[str, Any]]) -> None:
+    sqlite = is_sqlite(conn)
+    statement = sql.sqlite if sqlite else sql.postgres
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        cursor.executemany(statement, rows)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        _reraise(conn, exc, statement, driver, sqlite)
+    finally:
+        cursor.close()
+
+
+def _reraise(conn: Connection, exc: Exception, statement: str, driver: Any, sqlite: bool) -> None:
+    disconnect = not sqlite and conn.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+    if disconnect:
+        conn.invalidate(exc)
+    raise sa_exc.DBAPIError.instance(
+        statement, None, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=disconnect
+    ) from exc
+
+
+def bind_time(conn: Connection, value: datetime | None) -> Any:
+    """An aware datetime as the column type stores it: naive UTC text on SQLite (the format
+    SQLAlchemy writes, so that text order is time order), the aware value on PostgreSQL."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime")
+    if is_sqlite(conn):
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return value
+
+
+def read_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
