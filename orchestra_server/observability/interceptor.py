@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from orchestra_server.observability.logs import RequestInfo, bind_request, curre
 from orchestra_server.observability.metrics import Metrics
 from orchestra_server.service.processes import Caller
 from orchestra_server.transport.guard import Authenticates
+from orchestra_server.transport.interception import MethodWrapper
 
 REQUEST_ID_METADATA = "x-request-id"
 # Load balancer probes would otherwise drown the access log; they still count in the metrics.
@@ -43,26 +43,14 @@ def status_name(code: object) -> str:
     return name if isinstance(name, str) else str(code)
 
 
-class ObservabilityInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class ObservabilityInterceptor(MethodWrapper):
     """Must come before the guard, so that calls it refuses are counted and logged too."""
 
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        # The services are fixed once the server starts, so each method is wrapped once.
-        self._wrapped: dict[str, Any] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            handler = continuation(details)
-            if handler is None:  # an unknown method: not remembered, its name is the caller's
-                return None
-            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
-        return wrapped
-
-    def _wrap(self, handler: Any, method: str) -> Any:
+    def wrap(self, handler: Any, method: str) -> Any:
         if handler.unary_unary is None:
             # Streams (health Watch, reflection) are long-lived; a duration per call would mislead.
             return handler

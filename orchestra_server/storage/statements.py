@@ -39,31 +39,26 @@ def is_sqlite(conn: Connection) -> bool:
 
 def execute(conn: Connection, sql: Sql, parameters: Mapping[str, Any]) -> Any:
     """Runs one statement; returns the driver's cursor, positioned on its result rows."""
+    return _run(conn, sql, "execute", parameters)
+
+
+def execute_many(conn: Connection, sql: Sql, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Runs one statement once for each set of parameters."""
+    _run(conn, sql, "executemany", rows).close()
+
+
+def _run(conn: Connection, sql: Sql, method: str, parameters: Any) -> Any:
     sqlite = is_sqlite(conn)
     statement = sql.sqlite if sqlite else sql.postgres
     driver = conn.connection.dbapi_connection
     assert driver is not None
     cursor = driver.cursor()
     try:
-        cursor.execute(statement, parameters)
+        getattr(cursor, method)(statement, parameters)
     except conn.dialect.loaded_dbapi.Error as exc:
         cursor.close()
         _reraise(conn, exc, statement, driver, sqlite)
     return cursor
-
-
-def execute_many(conn: Connection, sql: Sql, rows: Sequence[Mapping[str, Any]]) -> None:
-    sqlite = is_sqlite(conn)
-    statement = sql.sqlite if sqlite else sql.postgres
-    driver = conn.connection.dbapi_connection
-    assert driver is not None
-    cursor = driver.cursor()
-    try:
-        cursor.executemany(statement, rows)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        _reraise(conn, exc, statement, driver, sqlite)
-    finally:
-        cursor.close()
 
 
 def _reraise(conn: Connection, exc: Exception, statement: str, driver: Any, sqlite: bool) -> None:

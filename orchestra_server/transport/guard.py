@@ -12,6 +12,7 @@ import grpc
 from orchestra_server import errors
 from orchestra_server.service.processes import Caller
 from orchestra_server.transport.errors import abort
+from orchestra_server.transport.interception import MethodWrapper
 
 # Every service but AuthService (which issues the tokens) needs a valid access token.
 AUTHENTICATED_PREFIXES = ("/orchestra.v1.OrchestraService/", "/orchestra.v1.DiagnosticsService/")
@@ -41,25 +42,13 @@ def metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
     return None
 
 
-class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class GuardInterceptor(MethodWrapper):
     def __init__(self, authenticate: Authenticates, clock: Callable[[], datetime]) -> None:
+        super().__init__()
         self._authenticate = authenticate
         self._clock = clock
-        # The services are fixed once the server starts, so each method is wrapped once.
-        self._wrapped: dict[str, Any] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            handler = continuation(details)
-            if handler is None:  # an unknown method: not remembered, its name is the caller's
-                return None
-            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method)
-        return wrapped
-
-    def _wrap(self, handler: Any, method: str) -> Any:
+    def wrap(self, handler: Any, method: str) -> Any:
         if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
