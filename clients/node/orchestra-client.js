@@ -9,7 +9,7 @@
 //
 //   const { connect } = require('./orchestra-client');
 //   const client = connect('127.0.0.1:50051');
-//   await client.login(clientId, clientSecret);
+//   await client.login(clientId, clientSecret);   // renewed by itself from then on
 //   const id = await client.startProcess('three_step', { amount: 12.5 });
 //   const instance = await client.getInstance(id);
 //   await client.signalToken(instance.tokens[0].id);
@@ -25,6 +25,8 @@ const protoLoader = require('@grpc/proto-loader');
 
 const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', 'proto');
 const DEFAULT_DEADLINE_MS = 30_000;
+// A token this close to its expiry is renewed before the next call.
+const REFRESH_MARGIN_MS = 30_000;
 const PROTO_FILES = ['orchestra/v1/orchestra_service.proto', 'orchestra/v1/auth_service.proto'];
 
 // The directory holding protobufjs's own google/protobuf/*.proto files, found
@@ -163,6 +165,11 @@ class OrchestraClient {
     });
     this.deadlineMs = options.deadlineMs || DEFAULT_DEADLINE_MS;
     this.accessToken = options.accessToken || null;
+    // Set by login(): the client then renews its token before it expires, and once more
+    // when the service refuses it (a rotated key, a restarted issuer).
+    this.tokenExpiresAt = null;
+    this._credentials = null;
+    this._renewing = null;
   }
 
   // The OAuth 2.0 client-credentials grant over AuthService.IssueToken: the
@@ -184,12 +191,31 @@ class OrchestraClient {
     return JSON.parse(Buffer.from(answer.http_body.data).toString('utf8'));
   }
 
-  // Issues a token and uses it for the calls that follow. Resolves to the
-  // token answer (its `expires_in` tells when to log in again).
+  // Issues a token and uses it for the calls that follow, renewing it as
+  // needed with the same credentials. Resolves to the token answer.
   async login(clientId, clientSecret) {
     const answer = await this.issueToken(clientId, clientSecret);
-    this.accessToken = answer.access_token;
+    this._credentials = { clientId, clientSecret };
+    this._useToken(answer);
     return answer;
+  }
+
+  _useToken(answer) {
+    this.accessToken = answer.access_token;
+    this.tokenExpiresAt = Date.now() + answer.expires_in * 1000;
+  }
+
+  // One renewal at a time: calls that find the token stale together share it.
+  async _renew() {
+    if (!this._renewing) {
+      const { clientId, clientSecret } = this._credentials;
+      this._renewing = this.issueToken(clientId, clientSecret)
+        .then((answer) => this._useToken(answer))
+        .finally(() => {
+          this._renewing = null;
+        });
+    }
+    await this._renewing;
   }
 
   _metadata(extra = {}) {
@@ -203,8 +229,24 @@ class OrchestraClient {
     return metadata;
   }
 
-  _call(method, request, extraMetadata) {
-    return call(this.orchestra, method, request, this._metadata(extraMetadata), this.deadlineMs);
+  async _call(method, request, extraMetadata) {
+    if (this._credentials && Date.now() >= this.tokenExpiresAt - REFRESH_MARGIN_MS) {
+      await this._renew();
+    }
+    const sent = this.accessToken;
+    try {
+      return await call(this.orchestra, method, request, this._metadata(extraMetadata), this.deadlineMs);
+    } catch (error) {
+      // A refused token is checked before the call does anything, so even a start is safe to
+      // send again with a new one.
+      if (error.code !== grpc.status.UNAUTHENTICATED || !this._credentials) {
+        throw error;
+      }
+      if (this.accessToken === sent) {
+        await this._renew();
+      }
+      return call(this.orchestra, method, request, this._metadata(extraMetadata), this.deadlineMs);
+    }
   }
 
   // Starts an instance of the newest version of `definitionId`; resolves to

@@ -152,6 +152,25 @@ describe('orchestra node client', () => {
     await rejectsWith(anonymous.listInstances(), status.UNAUTHENTICATED);
   });
 
+  test('a token the service refuses is replaced by logging in again', async () => {
+    const renewing = newClient();
+    await renewing.login(clientId, clientSecret);
+    renewing.accessToken = 'not.a.token';
+    const page = await renewing.listInstances();
+    assert.ok(Array.isArray(page.instances));
+    assert.equal(renewing.accessToken.split('.').length, 3, 'a new compact JWT');
+  });
+
+  test('a token about to expire is renewed before the call', async () => {
+    const renewing = newClient();
+    await renewing.login(clientId, clientSecret);
+    const first = renewing.accessToken;
+    renewing.tokenExpiresAt = Date.now() + 1_000; // inside the renewal margin
+    await renewing.listInstances();
+    assert.notEqual(renewing.accessToken, first);
+    assert.ok(renewing.tokenExpiresAt > Date.now() + 60_000, 'the new token runs for its full lifetime');
+  });
+
   test('a malformed token is UNAUTHENTICATED', async () => {
     const forged = newClient();
     forged.accessToken = 'not.a.token';
