@@ -68,7 +68,9 @@ class WriterQueue:
                 yield
                 return
             # Only the thread holding its process's turn waits here, and only for the write
-            # transaction another process is running.
+            # transaction another process is running; the kernel releases the lock of a
+            # process that dies. (A process stopped mid-write would hold this thread until
+            # it resumes, as it would hold SQLite's own lock; the others time out above.)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 yield
