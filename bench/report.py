@@ -71,24 +71,21 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             E2E_TARGET,
             value is not None and value >= E2E_TARGET,
         )
+    ratio_targets = (
+        ("get_instance", "getInstance", GET_RATIO),
+        ("start_process", "start_process", WRITE_RATIO),
+        ("signal", "signal", WRITE_RATIO),
+    )
     for db, run in runs.items():
         for transport in ("rest", "grpc"):
-            r = _find(run, "get_instance", transport)
-            ratio = r.get("ratio_to_ceiling") if r else None
-            target(
-                f"{db} {transport}: getInstance / ping",
-                ratio,
-                GET_RATIO,
-                ratio is not None and ratio >= GET_RATIO,
-            )
-            for write in ("start_process", "signal"):
-                r = _find(run, write, transport)
+            for scenario, label, limit in ratio_targets:
+                r = _find(run, scenario, transport)
                 ratio = r.get("ratio_to_ceiling") if r else None
                 target(
-                    f"{db} {transport}: {write} / ping",
+                    f"{db} {transport}: {label} / ping",
                     ratio,
-                    WRITE_RATIO,
-                    ratio is not None and ratio >= WRITE_RATIO,
+                    limit,
+                    ratio is not None and ratio >= limit,
                 )
     for db, sweep in report.get("sweep", {}).items():
         for scenario, points in sweep.items():
