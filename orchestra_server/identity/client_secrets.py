@@ -191,12 +191,12 @@ class SecretChecks:
         self._lock = threading.Lock()
 
     def verify(self, client_id: str, secret: str, stored: str, *, may_remember: bool) -> bool:
-        key = self._fingerprint(client_id, secret, stored)
-        if may_remember and self._recall(key):
+        key = self._fingerprint(client_id, secret, stored) if may_remember else None
+        if key is not None and self._recall(key):
             return True
         with self._slot():
             matched = verify_secret(secret, stored)
-        if matched and may_remember:
+        if matched and key is not None:
             self._store(key)
         return matched
 

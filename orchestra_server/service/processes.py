@@ -305,8 +305,6 @@ class ProcessService:
         fired = 0
         with self._db.writing() as conn:
             for token_id, tenant_id in due:
-                if not limits.is_plausible_id(token_id):
-                    continue
                 try:
                     with conn.begin_nested():
                         self._advance_in(

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,16 +119,8 @@ class Database:
         followed by a write inside it can never interleave with another writer.
         On PostgreSQL callers lock the rows they change (SELECT ... FOR UPDATE).
         """
-        if self.writers is None:
-            with self._write_transaction() as conn:
-                yield conn
-            return
-        with self.writers.turn(), self._write_transaction() as conn:
-            yield conn
-
-    @contextmanager
-    def _write_transaction(self) -> Iterator[Connection]:
-        with _translate_outage(), self.engine.connect() as conn:
+        turn = self.writers.turn() if self.writers is not None else nullcontext()
+        with turn, _translate_outage(), self.engine.connect() as conn:
             conn = conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
+
+from orchestra_server.storage.schema import stored_to_utc, to_utc
 
 _PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
@@ -75,10 +77,9 @@ def bind_time(conn: Connection, value: datetime | None) -> Any:
     SQLAlchemy writes, so that text order is time order), the aware value on PostgreSQL."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime")
+    value = to_utc(value)
     if is_sqlite(conn):
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     return value
 
 
@@ -86,6 +87,6 @@ def read_time(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return stored_to_utc(value)
