@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find proto/orchestra -name '*.proto' | sort)
 
-.PHONY: install run test soak gen lint bench clean
+.PHONY: install run test soak gen lint bench clean release-proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ soak: $(STAMP)
 # Regenerates gen/ from proto/ with local tools only.
 gen: $(STAMP)
 	$(BIN)/python -m orchestra_server.codegen
+
+# At a release: record the released proto, the baseline `buf breaking` compares against.
+release-proto: $(STAMP)
+	$(BIN)/buf build --exclude-source-info -o contract/orchestra-v1.proto-image.json
+	$(BIN)/python -c "import json, pathlib; p = pathlib.Path('contract/orchestra-v1.proto-image.json'); \
+		p.write_text(json.dumps(json.loads(p.read_text()), indent=1, sort_keys=True) + '\\n')"
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestra_server tests

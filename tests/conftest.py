@@ -119,3 +119,56 @@ def clock() -> FakeClock:
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+
+
+# --- a run leaves the tree as it found it --------------------------------------------------------
+
+# What a run may leave in the working tree: the environment, caches of the tools and the
+# example database the property tests replay from; all of them ignored by git.
+_RUN_LEFTOVERS_ALLOWED = (".venv/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".hypothesis/")
+_BEFORE_RUN = pytest.StashKey[set[str] | None]()
+
+
+def _untracked_paths() -> set[str] | None:
+    """Untracked paths, ignored ones included, outside the allowed caches (None: not a git checkout)."""
+    if not (ROOT / ".git").exists():
+        return None
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--ignored"],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        return None
+    paths = set()
+    for entry in listed.stdout.decode(errors="replace").split("\0"):
+        status, path = entry[:2], entry[3:]
+        if status not in ("??", "!!") or not path:
+            continue
+        if path.startswith(_RUN_LEFTOVERS_ALLOWED) or "__pycache__/" in path or ".egg-info/" in path:
+            continue
+        paths.add(path)
+    return paths
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE_RUN] = _untracked_paths()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run when tests left files in the repository (they belong in temporary folders)."""
+    before = session.config.stash.get(_BEFORE_RUN, None)
+    after = _untracked_paths()
+    if before is None or after is None or hasattr(session.config, "workerinput"):
+        return
+    left = sorted(after - before)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                "the run left files in the repository: " + ", ".join(left[:20]), red=True, bold=True
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

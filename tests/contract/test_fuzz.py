@@ -17,11 +17,8 @@ from tests.contract.conftest import Service, start_edge
 from tests.contract.helpers import Consumer
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTRACT = Path(
-    os.environ.get(
-        "ORCHESTRA_CONTRACT", str(ROOT.parent / "shared" / "contract" / "orchestra-api.openapi.yaml")
-    )
-)
+# The project's own copy of the REST contract: the suite never reads outside the repository.
+CONTRACT = ROOT / "contract" / "orchestra-api.openapi.yaml"
 EXAMPLES_PER_OPERATION = int(os.environ.get("ORCHESTRA_FUZZ_EXAMPLES", "100"))
 # Every answer a consumer can get: no server error, a documented status, the documented
 # content type and body schema.
