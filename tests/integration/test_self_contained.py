@@ -133,16 +133,16 @@ def test_no_tracked_file_names_a_path_outside_the_repository() -> None:
 def test_the_checks_see_an_escape(tmp_path: Path) -> None:
     """The detectors above fire on the shapes they exist for."""
     doc = ROOT / "docs" / "example.md"
-    assert markdown_escapes(doc, "see [the contract](../../shared/contract/x.yaml)")
+    assert markdown_escapes(doc, "see [the contract](../../elsewhere/x.yaml)")
     assert not markdown_escapes(doc, "see [the proto](../proto/orchestra/v1/)")
     module = ROOT / "tests" / "contract" / "example.py"
     assert python_escapes(module, "from pathlib import Path\nX = Path(__file__).resolve().parents[3]\n")
-    assert python_escapes(module, "ROOT = 1\nY = ROOT.parent / 'shared'\n")
-    assert python_escapes(module, "Z = Path('../shared/contract.yaml')\n")
-    assert python_escapes(module, "Z = HERE / '..' / '..' / '..' / 'shared'\n")
+    assert python_escapes(module, "ROOT = 1\nY = ROOT.parent / 'elsewhere'\n")
+    assert python_escapes(module, "Z = Path('../elsewhere/contract.yaml')\n")
+    assert python_escapes(module, "Z = HERE / '..' / '..' / '..' / 'elsewhere'\n")
     assert not python_escapes(module, "hostile = ['../../etc/passwd']\n")
     script = ROOT / "clients" / "node" / "test" / "example.js"
-    assert source_escapes(script, "const c = require('../../../../shared/x');")
+    assert source_escapes(script, "const c = require('../../../../elsewhere/x');")
     assert not source_escapes(script, "const c = require('../orchestra-client');")
     assert not python_escapes(module, "from pathlib import Path\nX = Path(__file__).resolve().parents[2]\n")
 
