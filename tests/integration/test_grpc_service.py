@@ -20,7 +20,8 @@ from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
 from orchestra.v1 import orchestra_service_pb2 as pb
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
-from orchestra_server.bootstrap import Application, Settings, build_application
+from orchestra_server.bootstrap import Application, build_application
+from orchestra_server.settings import Settings
 from orchestra_server.transport.server import create_server
 from tests.conftest import EXAMPLES, FakeClock
 
@@ -58,7 +59,7 @@ def stack(tmp_path: Path, clock: FakeClock) -> Iterator[Stack]:
     app = build_application(settings, clock=clock)
     app.definitions.deploy([EXAMPLES / "three_step.yaml", EXAMPLES / "parallel_review.yaml"])
     app.directory.create_tenant("globex")
-    server, port, _health = create_server("127.0.0.1:0", app)
+    server, port, _health = create_server("127.0.0.1:0", app.server_dependencies())
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
