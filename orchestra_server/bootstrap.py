@@ -1,21 +1,23 @@
 """The composition root: the one place that builds the parts of a process from its Settings.
 
 `cli` and `runtime` ask for what they need here: a serving `Application` (services, scheduler,
-metrics, key ring, authenticator), or, for an administrative command, only the database and
-services it uses, or only the key ring.
+metrics, key ring, authenticator), the REST edge in front of the workers, or, for an
+administrative command, only the database and services it uses, or only the key ring.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import text
 
+from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
+from orchestra_server.edge.config import REPO_ROOT
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from orchestra_server.identity.authenticator import Authenticator, check_forwarded_tenant
 from orchestra_server.identity.keys import KeyRing
@@ -30,6 +32,9 @@ from orchestra_server.settings import Settings
 from orchestra_server.storage.database import Database, open_database
 from orchestra_server.storage.migrate import current_revision, require_current, upgrade
 from orchestra_server.transport.server import ServerDependencies
+
+# The example definitions `orchestra up --demo` deploys.
+EXAMPLES = REPO_ROOT / "examples"
 
 
 def utc_now() -> datetime:
@@ -222,4 +227,21 @@ def build_application(
         ),
         metrics=metrics,
         scheduler=timers,
+    )
+
+
+def build_edge(
+    settings: Settings, rest_host: str, rest_port: int, upstreams: Sequence[tuple[str, int]]
+) -> EnvoyProcess:
+    """The REST edge in front of the workers at `upstreams` (host, port), not yet started."""
+    return EnvoyProcess(
+        EdgeSettings(
+            rest_host=rest_host,
+            rest_port=rest_port,
+            upstreams=tuple(Upstream(host, port) for host, port in upstreams),
+            issuer=settings.issuer,
+            audience=settings.audience,
+            template_dir=settings.edge_dir,
+        ),
+        settings.data_dir / "edge",
     )

@@ -12,7 +12,15 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from orchestra_server.bootstrap import administration, open_key_ring, open_storage, prepare_storage, utc_now
+from orchestra_server.bootstrap import (
+    EXAMPLES,
+    administration,
+    build_edge,
+    open_key_ring,
+    open_storage,
+    prepare_storage,
+    utc_now,
+)
 from orchestra_server.errors import OrchestraError
 from orchestra_server.settings import ENVIRONMENT, Settings, SettingsError
 from orchestra_server.storage.database import DatabaseNotReady
@@ -283,7 +291,6 @@ def up(
 ) -> None:
     """Run the service and the REST edge together until Ctrl-C or SIGTERM."""
     from orchestra_server import runtime
-    from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
 
     if grpc_port == 0:
         raise click.UsageError("--grpc-port must be a fixed port: the edge is configured with it")
@@ -296,16 +303,8 @@ def up(
     specs = runtime.worker_specs(settings, grpc_host, grpc_ports, metric_ports)
     try:
         with runtime.running_pool(settings, specs, log_dir=settings.data_dir / "logs") as (pool, stop):
-            edge = EnvoyProcess(
-                EdgeSettings(
-                    rest_host=http_host,
-                    rest_port=http_port,
-                    upstreams=tuple(Upstream(runtime.connect_host(s.host), s.port) for s in specs),
-                    issuer=settings.issuer,
-                    audience=settings.audience,
-                    template_dir=settings.edge_dir,
-                ),
-                settings.data_dir / "edge",
+            edge = build_edge(
+                settings, http_host, http_port, [(runtime.connect_host(s.host), s.port) for s in specs]
             )
             try:
                 edge.start()
@@ -329,10 +328,8 @@ def up(
 
 
 def _seed_demo(settings: Settings, rest_url: str) -> None:
-    from orchestra_server.edge.config import REPO_ROOT
-
     with administration(settings, writes=True) as admin:
-        examples = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+        examples = sorted(EXAMPLES.glob("*.yaml"))
         for result in admin.definitions.deploy(examples):
             click.echo(f"deployed example: {result.definition_id}")
         created = admin.directory.create_consumer("default", None, "demo consumer")
