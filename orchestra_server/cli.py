@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -67,23 +67,33 @@ def with_settings(func: F, **names: str) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def storage_options(func: F) -> F:
-    """--data-dir and --db, taken by every command that opens the database or the keys."""
-    func = with_settings(func, data_dir="data_dir", db_url="db_url")
-    func = click.option(
-        "--db",
-        "db_url",
-        default=None,
-        help=_help("Database URL (postgresql://...); default: SQLite in the data directory.", "db_url"),
-    )(func)
-    return click.option(
+STORAGE_OPTIONS = (
+    click.option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         help=_help(
             "Directory for the embedded database and the signing keys.", "data_dir", DEFAULTS.data_dir
         ),
-    )(func)
+    ),
+    click.option(
+        "--db",
+        "db_url",
+        default=None,
+        help=_help("Database URL (postgresql://...); default: SQLite in the data directory.", "db_url"),
+    ),
+)
+
+
+def _with_options(func: F, options: Sequence[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def storage_options(func: F) -> F:
+    """--data-dir and --db, taken by every command that opens the database or the keys."""
+    return _with_options(with_settings(func, data_dir="data_dir", db_url="db_url"), STORAGE_OPTIONS)
 
 
 def serving_options(func: F) -> F:
@@ -110,20 +120,7 @@ def serving_options(func: F) -> F:
         log_format="log_format",
     )
     options = [
-        click.option(
-            "--data-dir",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=None,
-            help=_help(
-                "Directory for the embedded database and the signing keys.", "data_dir", DEFAULTS.data_dir
-            ),
-        ),
-        click.option(
-            "--db",
-            "db_url",
-            default=None,
-            help=_help("Database URL (postgresql://...); default: SQLite in the data directory.", "db_url"),
-        ),
+        *STORAGE_OPTIONS,
         click.option(
             "--grpc-host", default="127.0.0.1", show_default=True, help="Address of the gRPC workers."
         ),
@@ -175,9 +172,7 @@ def serving_options(func: F) -> F:
             ),
         ),
     ]
-    for option in reversed(options):
-        wrapped = option(wrapped)
-    return wrapped  # type: ignore[return-value]
+    return _with_options(wrapped, options)  # type: ignore[return-value]
 
 
 def default_log_format() -> str:
@@ -588,8 +583,8 @@ def keys() -> None:
     "--publish-lead",
     type=click.IntRange(0, 86_400),
     default=None,
-    help=f"Seconds the new key is published before it signs (default {DEFAULTS.key_publish_lead.seconds}; "
-    "above the edge's 30 s cache).",
+    help="Seconds the new key is published before it signs "
+    f"(default {int(DEFAULTS.key_publish_lead.total_seconds())}; above the edge's 30 s cache).",
 )
 @reports_errors
 def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
