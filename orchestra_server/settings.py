@@ -23,6 +23,7 @@ from orchestra_server.storage.database import (
 
 SIGNING_KEYS_FILE = "signing-keys.json"
 LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Setting name -> the environment variable that supplies it when no flag does.
 ENVIRONMENT: Mapping[str, str] = {
@@ -74,6 +75,8 @@ class Settings:
             raise SettingsError(
                 f"{ENVIRONMENT['sqlite_synchronous']} must be one of {', '.join(SQLITE_SYNCHRONOUS_LEVELS)}"
             )
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"{ENVIRONMENT['log_level']} must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format is not None and self.log_format not in LOG_FORMATS:
             raise SettingsError(f"{ENVIRONMENT['log_format']} must be one of {', '.join(LOG_FORMATS)}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

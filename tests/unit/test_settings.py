@@ -47,6 +47,7 @@ def test_the_signing_key_file_and_the_edge_directory_come_from_the_environment(t
         ({"ORCHESTRA_METRICS_PORT": "ninety"}, "ORCHESTRA_METRICS_PORT"),
         ({"ORCHESTRA_METRICS_PORT": "70000"}, "ORCHESTRA_METRICS_PORT"),
         ({"ORCHESTRA_LOG_FORMAT": "xml"}, "ORCHESTRA_LOG_FORMAT"),
+        ({"ORCHESTRA_LOG_LEVEL": "loud"}, "ORCHESTRA_LOG_LEVEL"),
     ],
 )
 def test_unusable_values_are_refused_by_name(env: dict[str, str], message: str) -> None:
@@ -54,8 +55,9 @@ def test_unusable_values_are_refused_by_name(env: dict[str, str], message: str) 
         Settings.load(env)
 
 
-def test_sqlite_durability_is_read_case_insensitively() -> None:
-    assert Settings.load({"ORCHESTRA_SQLITE_SYNCHRONOUS": "full"}).sqlite_synchronous == "FULL"
+def test_levels_are_read_case_insensitively() -> None:
+    settings = Settings.load({"ORCHESTRA_SQLITE_SYNCHRONOUS": "full", "ORCHESTRA_LOG_LEVEL": "warning"})
+    assert (settings.sqlite_synchronous, settings.log_level) == ("FULL", "WARNING")
 
 
 def test_an_unknown_flag_is_a_programming_error() -> None:
