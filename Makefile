@@ -42,6 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check orchestra_server tests
 	$(BIN)/ruff format --check orchestra_server tests
 	$(BIN)/mypy --strict orchestra_server
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 

@@ -2,8 +2,11 @@
 
 The rows are the ones ``ProcessService.start_process`` writes (instance,
 variables, tokens, one audit row), built from the engine's own start step of
-the deployed definition, so they are indistinguishable from real ones; only
-the ids and, for timers, the due time differ.
+the deployed definition, so the queries under test find the same shape of data.
+They are not identical to real starts: every seeded instance has the one
+variable ``amount = 1``, a batch shares one creation time, the audit row's actor
+is ``bench-seed`` and its detail leaves out the start step, and with
+``due_in_past`` the timers are made due in the past.
 """
 
 from __future__ import annotations

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestra_server import runtime
-from orchestra_server.bootstrap import Settings, open_storage
+from orchestra_server.bootstrap import open_storage
 from orchestra_server.edge import EdgeSettings, EnvoyProcess, TenantRateLimit, Upstream
 from orchestra_server.edge.config import REPO_ROOT, edge_dir
+from orchestra_server.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("ORCHESTRA_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # High enough never to refuse a request in a benchmark, low enough for Envoy's uint32 fields.
@@ -170,7 +171,7 @@ class Stack:
 
     @property
     def settings(self) -> Settings:
-        return Settings.from_environment(data_dir=self.run_dir / "data", db_url=self.db_url)
+        return Settings.load(data_dir=self.run_dir / "data", db_url=self.db_url)
 
     def prepare(self, tenants: tuple[str, ...] = ("bench", "big")) -> None:
         """Migrates, deploys the examples (shared) and creates one consumer per tenant, with the CLI."""
@@ -192,11 +193,8 @@ class Stack:
         settings = self.settings
         self.rest_port = free_port()
         self.grpc_base = free_port_range(self.workers)
-        sqlite = self.db_url is None
-        specs = [
-            runtime.WorkerSpec("127.0.0.1", self.grpc_base + i, scheduler=i == 0 or not sqlite)
-            for i in range(self.workers)
-        ]
+        ports = [self.grpc_base + i for i in range(self.workers)]
+        specs = runtime.worker_specs(settings, "127.0.0.1", ports, [None] * self.workers)
         self._pool = runtime.WorkerPool(settings, specs, log_dir=settings.data_dir / "logs")
         self._pool.start(timeout=60)
         self._edge = EnvoyProcess(

@@ -1,6 +1,6 @@
 """How long due timers take to drain: parked timer tokens seeded due in the past, then
 ``TimerScheduler.drain()`` timed in one or several processes at once, each built as a worker
-builds its scheduler (``build_application`` + ``TimerScheduler``)."""
+builds its scheduler (``build_application(..., scheduler=True)``)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.seed import seed_instances
-from orchestra_server.bootstrap import Settings, build_application
+from orchestra_server.bootstrap import build_application
 from orchestra_server.edge.config import REPO_ROOT
+from orchestra_server.settings import Settings
 from orchestra_server.storage.database import open_database
 
 TENANT = "timers"
 
 
 def prepare(data_dir: Path, db_url: str | None) -> Settings:
-    settings = Settings.from_environment(data_dir=data_dir, db_url=db_url)
+    settings = Settings.load(data_dir=data_dir, db_url=db_url)
     app = build_application(settings)
     try:
         app.definitions.deploy([REPO_ROOT / "examples" / "reminder.yaml"])
@@ -29,12 +30,11 @@ def prepare(data_dir: Path, db_url: str | None) -> Settings:
 
 
 def _drain_main(job: dict[str, Any]) -> dict[str, Any]:
-    from orchestra_server.service.scheduler import TimerScheduler
-
-    settings = Settings.from_environment(data_dir=Path(job["data_dir"]), db_url=job["db_url"])
-    app = build_application(settings)
+    settings = Settings.load(data_dir=Path(job["data_dir"]), db_url=job["db_url"])
+    app = build_application(settings, scheduler=True)
     try:
-        scheduler = TimerScheduler(app.database, app.processes, clock=app.clock)
+        scheduler = app.scheduler
+        assert scheduler is not None
         delay = job["start_at"] - time.time()
         if delay > 0:
             time.sleep(delay)

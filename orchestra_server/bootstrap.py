@@ -1,17 +1,23 @@
-"""The composition root: settings from flags and environment, and the one place that wires the parts."""
+"""The composition root: the one place that builds the parts of a process from its Settings.
+
+`cli` and `runtime` ask for what they need here: a serving `Application` (services, scheduler,
+metrics, key ring, authenticator), the REST edge in front of the workers, or, for an
+administrative command, only the database and services it uses, or only the key ring.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 
+from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
+from orchestra_server.edge.config import REPO_ROOT
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from orchestra_server.identity.authenticator import Authenticator, check_forwarded_tenant
 from orchestra_server.identity.keys import KeyRing
@@ -21,13 +27,14 @@ from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.service.scheduler import TimerScheduler
-from orchestra_server.storage.database import Database, default_url, open_database
-from orchestra_server.storage.migrate import upgrade
+from orchestra_server.service.status import read_engine_state
+from orchestra_server.settings import Settings
+from orchestra_server.storage.database import Database, open_database
+from orchestra_server.storage.migrate import current_revision, require_current, upgrade
+from orchestra_server.transport.server import ServerDependencies
 
-DEFAULT_DATA_DIR = Path("data")
-DEFAULT_ISSUER = "orchestra"
-DEFAULT_AUDIENCE = "orchestra-api"
-SIGNING_KEYS_FILE = "signing-keys.json"
+# The example definitions `orchestra up --demo` deploys.
+EXAMPLES = REPO_ROOT / "examples"
 
 
 def utc_now() -> datetime:
@@ -38,54 +45,97 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path = DEFAULT_DATA_DIR
-    db_url: str | None = None
-    issuer: str = DEFAULT_ISSUER
-    audience: str = DEFAULT_AUDIENCE
-    token_lifetime: timedelta = timedelta(hours=1)
-    # How long a new signing key is published before it signs: the edge refetches the key
-    # set every 30 s and does not refetch on an unknown key id, so twice that is safe.
-    key_publish_lead: timedelta = timedelta(seconds=60)
-    # Revoking a consumer or removing its permission takes effect within this time.
-    revocation_recheck_seconds: float = 2.0
-    pool_size: int = 16
-
-    @classmethod
-    def from_environment(
-        cls, *, data_dir: Path | None = None, db_url: str | None = None, **overrides: object
-    ) -> Settings:
-        env = os.environ
-        values: dict[str, object] = {
-            "data_dir": data_dir or Path(env.get("ORCHESTRA_DATA_DIR", str(DEFAULT_DATA_DIR))),
-            "db_url": db_url or env.get("ORCHESTRA_DB_URL") or None,
-            "issuer": env.get("ORCHESTRA_ISSUER", DEFAULT_ISSUER),
-            "audience": env.get("ORCHESTRA_AUDIENCE", DEFAULT_AUDIENCE),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
-
-    @property
-    def database_url(self) -> str:
-        return self.db_url or default_url(self.data_dir.resolve())
-
-    @property
-    def signing_keys_path(self) -> Path:
-        override = os.environ.get("ORCHESTRA_SIGNING_KEYS_FILE")
-        return Path(override) if override else self.data_dir / SIGNING_KEYS_FILE
+def _open_database(settings: Settings, *, must_exist: bool = False) -> Database:
+    return open_database(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        must_exist=must_exist,
+    )
 
 
 def open_storage(settings: Settings) -> Database:
-    """Opens the database and brings its schema up to date."""
+    """Opens the database, creating it when needed, and brings its schema up to date."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = open_database(settings.database_url, pool_size=settings.pool_size)
-    upgrade(database)
+    database = _open_database(settings)
+    try:
+        upgrade(database)
+    except BaseException:
+        database.dispose()
+        raise
     return database
+
+
+def open_existing_storage(settings: Settings) -> Database:
+    """Opens the database as it is, for commands that only read: never created nor migrated.
+
+    DatabaseNotReady when there is no database or its schema is not this version's.
+    """
+    database = _open_database(settings, must_exist=True)
+    try:
+        require_current(database)
+    except BaseException:
+        database.dispose()
+        raise
+    return database
+
+
+def prepare_storage(settings: Settings) -> bool:
+    """Migrates the database before workers start; True when it had no schema before."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = _open_database(settings)
+    try:
+        fresh = current_revision(database) is None
+        upgrade(database)
+    finally:
+        database.dispose()
+    return fresh
+
+
+def open_key_ring(settings: Settings, now: datetime) -> KeyRing:
+    """The signing keys, creating the file with a first key when there is none."""
+    return KeyRing.load_or_create(settings.signing_keys_path, now, max_token_lifetime=settings.token_lifetime)
+
+
+@dataclass
+class Administration:
+    """The services an administrative command uses, on one database; no keys, no scheduler."""
+
+    database: Database
+    clock: Callable[[], datetime]
+    definitions: DefinitionService
+    directory: DirectoryService
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+@contextmanager
+def administration(
+    settings: Settings, *, writes: bool, clock: Callable[[], datetime] = utc_now
+) -> Iterator[Administration]:
+    """The services for one command, closed when it is done.
+
+    A command that `writes` brings the schema up to date first, as the server does on start;
+    one that only reads leaves the database as it finds it.
+    """
+    database = open_storage(settings) if writes else open_existing_storage(settings)
+    admin = Administration(
+        database=database,
+        clock=clock,
+        definitions=DefinitionService(database, clock=clock),
+        directory=DirectoryService(database, clock=clock),
+    )
+    try:
+        yield admin
+    finally:
+        admin.close()
 
 
 @dataclass
 class Application:
+    """Everything one serving process runs on."""
+
     settings: Settings
     database: Database
     clock: Callable[[], datetime]
@@ -95,8 +145,9 @@ class Application:
     key_ring: KeyRing
     token_endpoint: TokenEndpoint
     authenticator: Authenticator
-    scheduler: TimerScheduler | None = None
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics
+    # None: this process fires no timers (with SQLite only the first worker does).
+    scheduler: TimerScheduler | None
     _closed: bool = field(default=False, repr=False)
 
     def health_problems(self) -> list[str]:
@@ -119,9 +170,28 @@ class Application:
     def jwks_json(self, now: datetime) -> bytes:
         return json.dumps(self.key_ring.jwks(now), separators=(",", ":")).encode()
 
+    def server_dependencies(self) -> ServerDependencies:
+        """What the gRPC server uses of this application, and nothing more."""
+        return ServerDependencies(
+            processes=self.processes,
+            token_endpoint=self.token_endpoint,
+            key_set=self.jwks_json,
+            authenticate=self.authenticate,
+            metrics=self.metrics,
+            clock=self.clock,
+            health_problems=self.health_problems,
+        )
+
+    def start(self) -> None:
+        """Starts the background work: the timer scheduler, when this process runs one."""
+        if self.scheduler is not None:
+            self.scheduler.start()
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self.scheduler is not None:
+                self.scheduler.stop()
             self.database.dispose()
 
 
@@ -131,19 +201,23 @@ def build_application(
     clock: Callable[[], datetime] = utc_now,
     ids: Callable[[], str] = new_id,
     database: Database | None = None,
+    scheduler: bool = False,
 ) -> Application:
+    """Builds a serving process's parts; with `scheduler` it fires timers once started."""
     database = database or open_storage(settings)
     directory = DirectoryService(database, clock=clock)
-    key_ring = KeyRing.load_or_create(
-        settings.signing_keys_path, clock(), max_token_lifetime=settings.token_lifetime
-    )
+    key_ring = open_key_ring(settings, clock())
     issuer = AccessTokenIssuer(key_ring, settings.issuer, settings.audience, lifetime=settings.token_lifetime)
     verifier = AccessTokenVerifier(key_ring, settings.issuer, settings.audience)
-    app = Application(
+    processes = ProcessService(database, clock=clock, new_id=ids)
+    timers = TimerScheduler(database, processes, clock=clock) if scheduler else None
+    metrics = Metrics()
+    metrics.watch(lambda: read_engine_state(database, clock()), timers)
+    return Application(
         settings=settings,
         database=database,
         clock=clock,
-        processes=ProcessService(database, clock=clock, new_id=ids),
+        processes=processes,
         definitions=DefinitionService(database, clock=clock),
         directory=directory,
         key_ring=key_ring,
@@ -151,6 +225,23 @@ def build_application(
         authenticator=Authenticator(
             verifier, directory, recheck_seconds=settings.revocation_recheck_seconds, clock=clock
         ),
+        metrics=metrics,
+        scheduler=timers,
     )
-    app.metrics.watch(app)
-    return app
+
+
+def build_edge(
+    settings: Settings, rest_host: str, rest_port: int, upstreams: Sequence[tuple[str, int]]
+) -> EnvoyProcess:
+    """The REST edge in front of the workers at `upstreams` (host, port), not yet started."""
+    return EnvoyProcess(
+        EdgeSettings(
+            rest_host=rest_host,
+            rest_port=rest_port,
+            upstreams=tuple(Upstream(host, port) for host, port in upstreams),
+            issuer=settings.issuer,
+            audience=settings.audience,
+            template_dir=settings.edge_dir,
+        ),
+        settings.data_dir / "edge",
+    )

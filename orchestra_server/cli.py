@@ -5,83 +5,174 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from orchestra_server.bootstrap import Application, Settings, build_application, open_storage
+from orchestra_server.bootstrap import (
+    EXAMPLES,
+    administration,
+    build_edge,
+    open_key_ring,
+    open_storage,
+    prepare_storage,
+    utc_now,
+)
 from orchestra_server.errors import OrchestraError
+from orchestra_server.settings import ENVIRONMENT, Settings, SettingsError
+from orchestra_server.storage.database import DatabaseNotReady
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULTS = Settings()
 
 
-def storage_options(func: F) -> F:
-    """--data-dir and --db, taken by every command."""
+def _help(text: str, setting: str, default: object = None) -> str:
+    """An option's help with its environment variable and its default (taken from Settings)."""
+    shown = "" if default is None else f"; default: {default}"
+    return f"{text} [env: {ENVIRONMENT[setting]}{shown}]"
 
-    @click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="ORCHESTRA_DATA_DIR",
-        default="data",
-        show_default=True,
-        help="Directory for the embedded database and the signing keys.",
-    )
-    @click.option(
-        "--db",
-        "db_url",
-        envvar="ORCHESTRA_DB_URL",
-        default=None,
-        help="Database URL (postgresql://...); default: SQLite in the data directory.",
-    )
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def current_settings() -> Settings:
+    """The settings `main` read from the environment (read here when a command runs on its own)."""
+    context = click.get_current_context()
+    found = context.find_object(Settings)
+    if found is None:
+        try:
+            found = Settings.load()
+        except SettingsError as exc:
+            fail(str(exc))
+    return found
+
+
+def with_settings(func: F, **names: str) -> F:
+    """Hands `func` the settings, with the flags in `names` (option name -> setting) put over them."""
+
     @functools.wraps(func)
-    def wrapper(*args: Any, data_dir: Path, db_url: str | None, **kwargs: Any) -> Any:
-        settings = Settings.from_environment(data_dir=data_dir, db_url=db_url)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = {setting: kwargs.pop(option) for option, setting in names.items()}
+        try:
+            settings = current_settings().given(**flags)
+        except SettingsError as exc:
+            fail(str(exc))
         return func(*args, settings=settings, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-def observability_options(func: F) -> F:
-    """--metrics-host, --metrics-port and --log-format, taken by the serving commands; sets up logging."""
+STORAGE_OPTIONS = (
+    click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=_help(
+            "Directory for the embedded database and the signing keys.", "data_dir", DEFAULTS.data_dir
+        ),
+    ),
+    click.option(
+        "--db",
+        "db_url",
+        default=None,
+        help=_help("Database URL (postgresql://...); default: SQLite in the data directory.", "db_url"),
+    ),
+)
 
-    @click.option(
-        "--metrics-host",
-        default="127.0.0.1",
-        show_default=True,
-        envvar="ORCHESTRA_METRICS_HOST",
-        help="Address the Prometheus metrics endpoints listen on.",
-    )
-    @click.option(
-        "--metrics-port",
-        type=click.IntRange(0, 65535),
-        default=None,
-        envvar="ORCHESTRA_METRICS_PORT",
-        help="Serve Prometheus metrics at http://HOST:PORT/metrics; worker N uses this port + N "
-        "(0: each picks a free port and logs it). Default: no metrics endpoint.",
-    )
-    @click.option(
-        "--log-format",
-        type=click.Choice(["json", "text"]),
-        default=None,
-        envvar="ORCHESTRA_LOG_FORMAT",
-        help="Log line format (default: text on a terminal, else one JSON object per line).",
-    )
+
+def _with_options(func: F, options: Sequence[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def storage_options(func: F) -> F:
+    """--data-dir and --db, taken by every command that opens the database or the keys."""
+    return _with_options(with_settings(func, data_dir="data_dir", db_url="db_url"), STORAGE_OPTIONS)
+
+
+def serving_options(func: F) -> F:
+    """The options `serve` and `up` share: storage, the gRPC workers, token identity, metrics, logs.
+
+    Also sets up logging for the serving process.
+    """
+
     @functools.wraps(func)
-    def wrapper(*args: Any, log_format: str | None, **kwargs: Any) -> Any:
+    def configured(*args: Any, settings: Settings, **kwargs: Any) -> Any:
         from orchestra_server.observability.logs import configure_logging
 
-        configure_logging(
-            os.environ.get("ORCHESTRA_LOG_LEVEL", "INFO"),
-            json=(log_format or default_log_format()) == "json",
-        )
-        return func(*args, log_format=log_format, **kwargs)
+        configure_logging(settings.log_level, json=(settings.log_format or default_log_format()) == "json")
+        return func(*args, settings=settings, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    wrapped = with_settings(
+        configured,
+        data_dir="data_dir",
+        db_url="db_url",
+        issuer="issuer",
+        audience="audience",
+        metrics_host="metrics_host",
+        metrics_port="metrics_port",
+        log_format="log_format",
+    )
+    options = [
+        *STORAGE_OPTIONS,
+        click.option(
+            "--grpc-host", default="127.0.0.1", show_default=True, help="Address of the gRPC workers."
+        ),
+        click.option(
+            "--grpc-port",
+            default=50051,
+            show_default=True,
+            type=click.IntRange(0, 65535),
+            help="Port of the gRPC workers: `serve` shares it between them, with `up` worker N listens "
+            "on this port + N.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Worker processes (default: one per core, at most 8).",
+        ),
+        click.option(
+            "--issuer", default=None, help=_help("Access token issuer (iss).", "issuer", DEFAULTS.issuer)
+        ),
+        click.option(
+            "--audience",
+            default=None,
+            help=_help("Access token audience (aud).", "audience", DEFAULTS.audience),
+        ),
+        click.option(
+            "--metrics-host",
+            default=None,
+            help=_help(
+                "Address the Prometheus metrics endpoints listen on.", "metrics_host", DEFAULTS.metrics_host
+            ),
+        ),
+        click.option(
+            "--metrics-port",
+            type=click.IntRange(0, 65535),
+            default=None,
+            help=_help(
+                "Serve Prometheus metrics at http://HOST:PORT/metrics; worker N uses this port + N "
+                "(0: each picks a free port and logs it). Default: no metrics endpoint.",
+                "metrics_port",
+            ),
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(["json", "text"]),
+            default=None,
+            help=_help(
+                "Log line format (default: text on a terminal, else one JSON object per line).", "log_format"
+            ),
+        ),
+    ]
+    return _with_options(wrapped, options)  # type: ignore[return-value]
 
 
 def default_log_format() -> str:
@@ -103,40 +194,34 @@ def metrics_ports(base: int | None, count: int, grpc_ports: set[int]) -> list[in
 
 
 def reports_errors(func: F) -> F:
-    """Domain errors end the command with their message and exit status 1, never a traceback."""
+    """Domain errors, unusable settings and a database not ready end the command with their message
+    and exit status 1, never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except OrchestraError as exc:
-            problems = getattr(exc, "problems", None) or [str(exc)]
-            for problem in problems:
+            for problem in getattr(exc, "problems", None) or [str(exc)]:
                 click.echo(f"error: {problem}", err=True)
             sys.exit(1)
+        except (SettingsError, DatabaseNotReady) as exc:
+            fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
 
 
-def application(settings: Settings) -> Application:
-    return build_application(settings)
-
-
-@contextmanager
-def opened(settings: Settings) -> Iterator[Application]:
-    """The application for one administrative command, closed when it is done."""
-    app = application(settings)
-    try:
-        yield app
-    finally:
-        app.close()
-
-
 @click.group()
 @click.version_option(package_name="orchestra-server")
-def main() -> None:
+@click.pass_context
+def main(context: click.Context) -> None:
     """Orchestra: a multi-tenant workflow engine server."""
-    logging.basicConfig(level=os.environ.get("ORCHESTRA_LOG_LEVEL", "INFO").upper(), stream=sys.stderr)
+    try:
+        settings = Settings.load()
+    except SettingsError as exc:
+        fail(str(exc))
+    context.obj = settings
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -144,23 +229,12 @@ def main() -> None:
 
 
 @main.command()
-@storage_options
-@click.option("--grpc-host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--grpc-port", default=50051, show_default=True, type=click.IntRange(0, 65535))
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="Server processes sharing the port (default: one per core, at most 8).",
-)
+@serving_options
 @click.option(
     "--scheduler/--no-scheduler",
     default=None,
     help="Fire due timers in this process (default: yes; with SQLite only in the first worker).",
 )
-@click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
-@click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
-@observability_options
 @reports_errors
 def serve(
     settings: Settings,
@@ -168,70 +242,38 @@ def serve(
     grpc_port: int,
     workers: int | None,
     scheduler: bool | None,
-    issuer: str | None,
-    audience: str | None,
-    metrics_host: str,
-    metrics_port: int | None,
-    log_format: str | None,
 ) -> None:
     """Run the gRPC service alone (for deployments with their own edge)."""
     from orchestra_server import runtime
 
-    settings = _with_identity(settings, issuer, audience)
     count = workers or runtime.default_workers()
-    metric_ports = metrics_ports(metrics_port, count, {grpc_port})
+    metric_ports = metrics_ports(settings.metrics_port, count, {grpc_port})
     if count == 1:
         runtime.run_worker(
             settings,
             f"{grpc_host}:{grpc_port}",
             scheduler=scheduler is not False,
-            metrics_address=None if metric_ports[0] is None else (metrics_host, metric_ports[0]),
+            metrics_address=None if metric_ports[0] is None else (settings.metrics_host, metric_ports[0]),
         )
         return
     if grpc_port == 0:
         raise click.UsageError("--workers above 1 needs a fixed --grpc-port (they share it)")
-    open_storage(settings).dispose()  # migrate once, before the workers start
-    sqlite = settings.db_url is None or settings.db_url.startswith("sqlite")
-    specs = [
-        runtime.WorkerSpec(
-            grpc_host,
-            grpc_port,
-            scheduler=scheduler is not False and (i == 0 or not sqlite),
-            metrics_port=metric_ports[i],
-        )
-        for i in range(count)
-    ]
-    pool = runtime.WorkerPool(settings, specs, metrics_host=metrics_host, log_format=log_format)
-    stop = runtime.wait_for_signal()
-    pool.start()
-    click.echo(f"gRPC: {grpc_host}:{grpc_port} ({count} workers)")
-    try:
+    prepare_storage(settings)  # migrate once, before the workers start
+    specs = runtime.worker_specs(
+        settings, grpc_host, [grpc_port] * count, metric_ports, scheduler=scheduler is not False
+    )
+    with runtime.running_pool(settings, specs) as (pool, stop):
+        click.echo(f"gRPC: {grpc_host}:{grpc_port} ({count} workers)")
         pool.supervise(stop)
-    finally:
-        pool.stop()
 
 
 @main.command()
-@storage_options
+@serving_options
 @click.option("--http-host", default="127.0.0.1", show_default=True, help="Address of the REST edge.")
 @click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--grpc-host", default="127.0.0.1", show_default=True, help="Address of the gRPC workers.")
-@click.option(
-    "--grpc-port",
-    default=50051,
-    show_default=True,
-    type=click.IntRange(1, 65535),
-    help="Port of the first worker; worker N listens on this port + N.",
-)
-@click.option(
-    "--workers", type=click.IntRange(1, 64), default=None, help="Worker processes (default: one per core)."
-)
 @click.option(
     "--demo", is_flag=True, help="On a fresh database: deploy the examples and create a demo consumer."
 )
-@click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
-@click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
-@observability_options
 @reports_errors
 def up(
     settings: Settings,
@@ -241,85 +283,51 @@ def up(
     grpc_port: int,
     workers: int | None,
     demo: bool,
-    issuer: str | None,
-    audience: str | None,
-    metrics_host: str,
-    metrics_port: int | None,
-    log_format: str | None,
 ) -> None:
     """Run the service and the REST edge together until Ctrl-C or SIGTERM."""
     from orchestra_server import runtime
-    from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
 
-    settings = _with_identity(settings, issuer, audience)
+    if grpc_port == 0:
+        raise click.UsageError("--grpc-port must be a fixed port: the edge is configured with it")
     count = workers or runtime.default_workers()
-    metric_ports = metrics_ports(metrics_port, count, {grpc_port + i for i in range(count)} | {http_port})
-    fresh = _prepare_storage(settings)
-    stop = runtime.wait_for_signal()
-    sqlite = settings.db_url is None or settings.db_url.startswith("sqlite")
-    specs = [
-        runtime.WorkerSpec(
-            grpc_host, grpc_port + i, scheduler=i == 0 or not sqlite, metrics_port=metric_ports[i]
-        )
-        for i in range(count)
-    ]
-    pool = runtime.WorkerPool(
-        settings, specs, log_dir=settings.data_dir / "logs", metrics_host=metrics_host, log_format=log_format
-    )
-    pool.start()
-    edge = EnvoyProcess(
-        EdgeSettings(
-            rest_host=http_host,
-            rest_port=http_port,
-            upstreams=tuple(Upstream(runtime.connect_host(s.host), s.port) for s in specs),
-            issuer=settings.issuer,
-            audience=settings.audience,
-        ),
-        settings.data_dir / "edge",
-    )
+    grpc_ports = [grpc_port + i for i in range(count)]
+    if grpc_ports[-1] > 65535:
+        raise click.UsageError(f"--grpc-port {grpc_port} leaves no room for {count} workers")
+    metric_ports = metrics_ports(settings.metrics_port, count, {*grpc_ports, http_port})
+    fresh = prepare_storage(settings)
+    specs = runtime.worker_specs(settings, grpc_host, grpc_ports, metric_ports)
     try:
-        edge.start()
-        click.echo(f"REST: {edge.rest_url}")
-        ports = ", ".join(f"{grpc_host}:{s.port}" for s in specs)
-        click.echo(f"gRPC: {ports}")
-        if metrics_port:
-            targets = ", ".join(f"{runtime.connect_host(metrics_host)}:{p}" for p in metric_ports)
-            click.echo(f"metrics: {targets}")
-        if demo and fresh:
-            _seed_demo(settings, edge.rest_url)
-        elif demo:
-            click.echo("(existing database: no demo data created)")
-        click.echo("Press Ctrl-C to stop.")
-        pool.supervise(stop)
+        with runtime.running_pool(settings, specs, log_dir=settings.data_dir / "logs") as (pool, stop):
+            edge = build_edge(
+                settings, http_host, http_port, [(runtime.connect_host(s.host), s.port) for s in specs]
+            )
+            try:
+                edge.start()
+                click.echo(f"REST: {edge.rest_url}")
+                click.echo(f"gRPC: {', '.join(f'{grpc_host}:{s.port}' for s in specs)}")
+                if settings.metrics_port:
+                    targets = ", ".join(
+                        f"{runtime.connect_host(settings.metrics_host)}:{p}" for p in metric_ports
+                    )
+                    click.echo(f"metrics: {targets}")
+                if demo and fresh:
+                    _seed_demo(settings, edge.rest_url)
+                elif demo:
+                    click.echo("(existing database: no demo data created)")
+                click.echo("Press Ctrl-C to stop.")
+                pool.supervise(stop)
+            finally:
+                edge.stop()
     finally:
-        edge.stop()
-        pool.stop()
         click.echo("stopped")
 
 
-def _prepare_storage(settings: Settings) -> bool:
-    """Migrates the database; True when it had no schema before (a fresh data directory)."""
-    from orchestra_server.storage.database import open_database
-    from orchestra_server.storage.migrate import current_revision, upgrade
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = open_database(settings.database_url)
-    try:
-        fresh = current_revision(database) is None
-        upgrade(database)
-    finally:
-        database.dispose()
-    return fresh
-
-
 def _seed_demo(settings: Settings, rest_url: str) -> None:
-    from orchestra_server.edge.config import REPO_ROOT
-
-    with opened(settings) as app:
-        examples = sorted((REPO_ROOT / "examples").glob("*.yaml"))
-        for result in app.definitions.deploy(examples):
+    with administration(settings, writes=True) as admin:
+        examples = sorted(EXAMPLES.glob("*.yaml"))
+        for result in admin.definitions.deploy(examples):
             click.echo(f"deployed example: {result.definition_id}")
-        created = app.directory.create_consumer("default", None, "demo consumer")
+        created = admin.directory.create_consumer("default", None, "demo consumer")
     click.echo("")
     click.echo("Demo consumer in tenant 'default' (the secret is shown only this once):")
     click.echo(f"  client_id:     {created.client_id}")
@@ -330,12 +338,6 @@ def _seed_demo(settings: Settings, rest_url: str) -> None:
         f"-d client_id={created.client_id} -d client_secret={created.client_secret}"
     )
     click.echo("")
-
-
-def _with_identity(settings: Settings, issuer: str | None, audience: str | None) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, issuer=issuer or settings.issuer, audience=audience or settings.audience)
 
 
 @main.group()
@@ -378,8 +380,8 @@ def definition_validate(files: tuple[Path, ...]) -> None:
 @reports_errors
 def definition_deploy(settings: Settings, files: tuple[Path, ...], tenant: str | None) -> None:
     """Deploy definition files: all of them, or none when any is invalid."""
-    with opened(settings) as app:
-        for result in app.definitions.deploy(list(files), tenant=tenant):
+    with administration(settings, writes=True) as admin:
+        for result in admin.definitions.deploy(list(files), tenant=tenant):
             what = "deployed" if result.changed else "unchanged"
             click.echo(f"{what}: {result.definition_id} version {result.version} ({result.source})")
 
@@ -391,8 +393,8 @@ def definition_deploy(settings: Settings, files: tuple[Path, ...], tenant: str |
 @reports_errors
 def definition_list(settings: Settings, tenant: str | None, as_json: bool) -> None:
     """List the newest version of every definition."""
-    with opened(settings) as app:
-        rows = app.definitions.list(tenant=tenant)
+    with administration(settings, writes=False) as admin:
+        rows = admin.definitions.list(tenant=tenant)
     items = [
         {
             "id": r.definition_id,
@@ -427,8 +429,8 @@ def tenant() -> None:
 @reports_errors
 def tenant_create(settings: Settings, tenant_id: str, label: str | None) -> None:
     """Create a tenant."""
-    with opened(settings) as app:
-        app.directory.create_tenant(tenant_id, label)
+    with administration(settings, writes=True) as admin:
+        admin.directory.create_tenant(tenant_id, label)
     click.echo(f"created tenant {tenant_id}")
 
 
@@ -437,8 +439,8 @@ def tenant_create(settings: Settings, tenant_id: str, label: str | None) -> None
 @reports_errors
 def tenant_list(settings: Settings) -> None:
     """List tenants."""
-    with opened(settings) as app:
-        for tenant_id, label, created_at in app.directory.list_tenants():
+    with administration(settings, writes=False) as admin:
+        for tenant_id, label, created_at in admin.directory.list_tenants():
             click.echo(f"{tenant_id}\t{label or ''}\t{created_at.isoformat()}")
 
 
@@ -454,8 +456,8 @@ def role() -> None:
 @reports_errors
 def role_create(settings: Settings, name: str, permissions: tuple[str, ...]) -> None:
     """Create a role."""
-    with opened(settings) as app:
-        app.directory.create_role(name, list(permissions))
+    with administration(settings, writes=True) as admin:
+        admin.directory.create_role(name, list(permissions))
     click.echo(f"created role {name}")
 
 
@@ -466,8 +468,8 @@ def role_create(settings: Settings, name: str, permissions: tuple[str, ...]) -> 
 @reports_errors
 def role_grant(settings: Settings, name: str, permission: str) -> None:
     """Grant a permission to a role."""
-    with opened(settings) as app:
-        app.directory.grant(name, permission)
+    with administration(settings, writes=True) as admin:
+        admin.directory.grant(name, permission)
     click.echo(f"granted '{permission}' to {name}")
 
 
@@ -478,8 +480,8 @@ def role_grant(settings: Settings, name: str, permission: str) -> None:
 @reports_errors
 def role_revoke(settings: Settings, name: str, permission: str) -> None:
     """Remove a permission from a role."""
-    with opened(settings) as app:
-        app.directory.revoke(name, permission)
+    with administration(settings, writes=True) as admin:
+        admin.directory.revoke(name, permission)
     click.echo(f"revoked '{permission}' from {name}")
 
 
@@ -488,8 +490,8 @@ def role_revoke(settings: Settings, name: str, permission: str) -> None:
 @reports_errors
 def role_list(settings: Settings) -> None:
     """List roles with their permissions."""
-    with opened(settings) as app:
-        for name, permissions in app.directory.list_roles().items():
+    with administration(settings, writes=False) as admin:
+        for name, permissions in admin.directory.list_roles().items():
             click.echo(f"{name}\t{', '.join(permissions)}")
 
 
@@ -509,8 +511,8 @@ def consumer_create(
     settings: Settings, tenant: str, roles: tuple[str, ...], label: str | None, as_json: bool
 ) -> None:
     """Create a consumer and print its client id and secret (shown only this once)."""
-    with opened(settings) as app:
-        created = app.directory.create_consumer(tenant, list(roles) or None, label)
+    with administration(settings, writes=True) as admin:
+        created = admin.directory.create_consumer(tenant, list(roles) or None, label)
     if as_json:
         click.echo(
             json.dumps(
@@ -535,8 +537,8 @@ def consumer_create(
 @reports_errors
 def consumer_list(settings: Settings, tenant: str | None, as_json: bool) -> None:
     """List consumers (never their secrets)."""
-    with opened(settings) as app:
-        records = app.directory.list_consumers(tenant)
+    with administration(settings, writes=False) as admin:
+        records = admin.directory.list_consumers(tenant)
     items: list[dict[str, Any]] = [
         {
             "client_id": r.client_id,
@@ -565,8 +567,8 @@ def consumer_list(settings: Settings, tenant: str | None, as_json: bool) -> None
 @reports_errors
 def consumer_revoke(settings: Settings, client_id: str) -> None:
     """Revoke a consumer: its tokens stop working within seconds."""
-    with opened(settings) as app:
-        app.directory.revoke_consumer(client_id)
+    with administration(settings, writes=True) as admin:
+        admin.directory.revoke_consumer(client_id)
     click.echo(f"revoked {client_id}")
 
 
@@ -581,7 +583,8 @@ def keys() -> None:
     "--publish-lead",
     type=click.IntRange(0, 86_400),
     default=None,
-    help="Seconds the new key is published before it signs (default 60; above the edge's 30 s cache).",
+    help="Seconds the new key is published before it signs "
+    f"(default {int(DEFAULTS.key_publish_lead.total_seconds())}; above the edge's 30 s cache).",
 )
 @reports_errors
 def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
@@ -589,8 +592,8 @@ def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
     from datetime import timedelta
 
     lead = timedelta(seconds=publish_lead) if publish_lead is not None else settings.key_publish_lead
-    with opened(settings) as app:
-        key = app.key_ring.rotate(app.clock(), lead)
+    now = utc_now()
+    key = open_key_ring(settings, now).rotate(now, lead)
     click.echo(f"new key {key.kid} signs from {key.active_from.isoformat()}")
 
 
@@ -602,8 +605,8 @@ def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
 @reports_errors
 def audit(settings: Settings, tenant: str | None, limit: int, as_json: bool) -> None:
     """Show the audit trail, newest first."""
-    with opened(settings) as app:
-        rows = app.directory.audit(tenant, limit)
+    with administration(settings, writes=False) as admin:
+        rows = admin.directory.audit(tenant, limit)
     for row in rows:
         at = row["at"]
         record = {**row, "at": at.isoformat() if hasattr(at, "isoformat") else at}

@@ -9,16 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from orchestra_server.bootstrap import Settings, build_application
+from orchestra_server.bootstrap import build_application
 from orchestra_server.observability.metrics import start_metrics_server
-from orchestra_server.service.scheduler import TimerScheduler
+from orchestra_server.settings import Settings
 from orchestra_server.transport.server import ServerOptions, serve
 
 _log = logging.getLogger("orchestra.runtime")
@@ -35,27 +36,24 @@ def run_worker(
     address: str,
     *,
     scheduler: bool,
-    options: ServerOptions | None = None,
     metrics_address: tuple[str, int] | None = None,
 ) -> None:
     """Serves gRPC in this process (and fires timers when asked) until SIGTERM or SIGINT.
 
     With `metrics_address` (host, port) it also serves Prometheus metrics over HTTP there.
     """
-    app = build_application(settings)
-    timers = TimerScheduler(app.database, app.processes, clock=app.clock) if scheduler else None
-    app.scheduler = timers
+    app = build_application(settings, scheduler=scheduler)
     metrics_server = None
-    if metrics_address is not None:
-        metrics_server, metrics_port = start_metrics_server(app.metrics.registry, *metrics_address)
-        _log.info("serving metrics on http://%s:%d/metrics", connect_host(metrics_address[0]), metrics_port)
-    if timers is not None:
-        timers.start()
     try:
-        serve(address, app, options)
+        if metrics_address is not None:
+            metrics_server, metrics_port = start_metrics_server(app.metrics.registry, *metrics_address)
+            _log.info(
+                "serving metrics on http://%s:%d/metrics", connect_host(metrics_address[0]), metrics_port
+            )
+        app.start()
+        serve(address, app.server_dependencies(), ServerOptions(max_workers=settings.pool_size))
     finally:
-        if timers is not None:
-            timers.stop()
+        app.close()
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
@@ -87,6 +85,22 @@ class WorkerSpec:
     metrics_port: int | None = None
 
 
+def worker_specs(
+    settings: Settings,
+    host: str,
+    ports: Sequence[int],
+    metrics_ports: Sequence[int | None],
+    *,
+    scheduler: bool = True,
+) -> list[WorkerSpec]:
+    """One worker per port. On SQLite only the first fires timers: one writer at a time would make
+    more schedulers wait on each other; on PostgreSQL they claim disjoint batches."""
+    return [
+        WorkerSpec(host, port, scheduler=scheduler and (i == 0 or not settings.uses_sqlite), metrics_port=m)
+        for i, (port, m) in enumerate(zip(ports, metrics_ports, strict=True))
+    ]
+
+
 @dataclass
 class WorkerPool:
     """Runs `orchestra serve` children, restarts any that die, and stops them all on request."""
@@ -94,8 +108,6 @@ class WorkerPool:
     settings: Settings
     workers: Sequence[WorkerSpec]
     log_dir: Path | None = None
-    metrics_host: str = "127.0.0.1"
-    log_format: str | None = None
     _children: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     _restarts: list[int] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -123,9 +135,14 @@ class WorkerPool:
         if self.settings.db_url:
             command += ["--db", self.settings.db_url]
         if spec.metrics_port is not None:
-            command += ["--metrics-host", self.metrics_host, "--metrics-port", str(spec.metrics_port)]
-        if self.log_format is not None:
-            command += ["--log-format", self.log_format]
+            command += [
+                "--metrics-host",
+                self.settings.metrics_host,
+                "--metrics-port",
+                str(spec.metrics_port),
+            ]
+        if self.settings.log_format is not None:
+            command += ["--log-format", self.settings.log_format]
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
@@ -189,6 +206,23 @@ class WorkerPool:
     @property
     def pids(self) -> list[int]:
         return [c.pid for c in self._children if c is not None]
+
+
+@contextmanager
+def running_pool(
+    settings: Settings, workers: Sequence[WorkerSpec], log_dir: Path | None = None
+) -> Iterator[tuple[WorkerPool, threading.Event]]:
+    """Starts the workers and waits for them to be healthy; stops them all when the block ends.
+
+    Yields the pool and the event SIGTERM or SIGINT sets.
+    """
+    pool = WorkerPool(settings, workers, log_dir=log_dir)
+    stop = wait_for_signal()
+    pool.start()
+    try:
+        yield pool, stop
+    finally:
+        pool.stop()
 
 
 def connect_host(host: str) -> str:

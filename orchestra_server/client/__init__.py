@@ -1,7 +1,9 @@
-"""One client contract for the seven operations, reachable in-process, over gRPC and over REST.
+"""One client contract for the seven operations, reachable over gRPC and over REST.
 
 Every implementation returns the same plain values and raises the same exception types
-(the branches of `orchestra_server.errors`) for the same failures.
+(the branches of `orchestra_server.errors`) for the same failures. The package loads none of
+the server's layers; the in-process implementation, which does, is
+`orchestra_server.local_client.LocalOrchestraClient`.
 """
 
 from orchestra_server.client.contract import (
@@ -12,7 +14,6 @@ from orchestra_server.client.contract import (
     TokenView,
 )
 from orchestra_server.client.grpc import GrpcOrchestraClient
-from orchestra_server.client.local import LocalOrchestraClient
 from orchestra_server.client.rest import RestOrchestraClient
 
 __all__ = [
@@ -20,7 +21,6 @@ __all__ = [
     "InstancePage",
     "InstanceSummary",
     "InstanceView",
-    "LocalOrchestraClient",
     "OrchestraClient",
     "RestOrchestraClient",
     "TokenView",

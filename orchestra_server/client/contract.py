@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
 from orchestra_server import errors
-from orchestra_server.engine.model import Json
-from orchestra_server.service.processes import InstancePage, InstanceSummary, InstanceView, TokenView
-from orchestra_server.transport.errors import GRPC_CODES, HTTP_STATUSES
+from orchestra_server.wire.json_text import Json
 
 __all__ = [
     "InstancePage",
@@ -21,6 +20,36 @@ __all__ = [
     "error_for_grpc",
     "error_for_http",
 ]
+
+
+# The client's own values: a client process loads none of the server's layers.
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    id: str
+    node_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    id: str
+    definition_id: str
+    status: str
+    tenant_id: str
+    tokens: tuple[TokenView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSummary:
+    id: str
+    definition_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    instances: tuple[InstanceSummary, ...]
+    next_page_token: str = ""
 
 
 class OrchestraClient(Protocol):
@@ -66,22 +95,39 @@ class OrchestraClient(Protocol):
     def close(self) -> None: ...
 
 
-# The server's table, read backwards: the most general error of each status.
-_ERROR_FOR_CODE: dict[grpc.StatusCode, type[errors.OrchestraError]] = {
-    code: cls for cls, code in GRPC_CODES.items()
+# The server's one table (transport.errors) read backwards: the most general error of each status.
+# Kept here so a client does not load the server; a unit test holds the two in agreement.
+ERROR_FOR_CODE: dict[grpc.StatusCode, type[errors.OrchestraError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.Unprocessable,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
 }
-_CODE_FOR_HTTP: dict[int, grpc.StatusCode] = {status: code for code, status in HTTP_STATUSES.items()}
+# The HTTP status the edge answers for each gRPC status, read backwards.
+CODE_FOR_HTTP: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    422: grpc.StatusCode.FAILED_PRECONDITION,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 
 
 def error_for_grpc(code: grpc.StatusCode, message: str) -> errors.OrchestraError:
-    cls = _ERROR_FOR_CODE.get(code, errors.OrchestraError)
+    cls = ERROR_FOR_CODE.get(code, errors.OrchestraError)
     return _make(cls, message)
 
 
 def error_for_http(status: int, message: str) -> errors.OrchestraError:
     if status == 413:
         return errors.LimitExceeded(message)
-    code = _CODE_FOR_HTTP.get(status)
+    code = CODE_FOR_HTTP.get(status)
     return (
         error_for_grpc(code, message)
         if code is not None

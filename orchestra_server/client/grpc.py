@@ -22,9 +22,9 @@ from orchestra_server.client.contract import (
     error_for_grpc,
 )
 from orchestra_server.client.credentials import TokenCache, token_request_body
-from orchestra_server.engine.model import Json
 from orchestra_server.errors import Unauthenticated
-from orchestra_server.transport import values
+from orchestra_server.wire import values
+from orchestra_server.wire.json_text import Json
 
 R = TypeVar("R", bound=Message)
 DEFAULT_TIMEOUT_SECONDS = 30.0

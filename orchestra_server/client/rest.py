@@ -16,8 +16,8 @@ from orchestra_server.client.contract import (
     error_for_http,
 )
 from orchestra_server.client.credentials import TokenCache, token_request_body
-from orchestra_server.engine.model import Json
 from orchestra_server.errors import OrchestraError, Unauthenticated
+from orchestra_server.wire.json_text import Json
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 NEXT_PAGE_HEADER = "x-next-page-token"

@@ -8,8 +8,9 @@ API:
 - ``Upstream``: one gRPC worker process, ``host:port``.
 - ``TenantRateLimit``: the per-tenant token bucket.
 - ``render_envoy_config(settings) -> str``: the bootstrap YAML.
-- ``edge_dir()``: where ``edge.yaml.tmpl`` and ``edge.lua`` are read from:
-  ``$ORCHESTRA_EDGE_DIR`` when set, else ``envoy/`` at the repository root.
+- ``edge_dir(override)``: where ``edge.yaml.tmpl`` and ``edge.lua`` are read
+  from: ``override`` when given (``ORCHESTRA_EDGE_DIR``, read by the
+  settings), else ``envoy/`` at the repository root.
 
 Every value is written as a JSON scalar (valid YAML), so no setting can
 inject configuration.
@@ -19,21 +20,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EDGE_DIR_ENV = "ORCHESTRA_EDGE_DIR"
 TEMPLATE_NAME = "edge.yaml.tmpl"
 LUA_NAME = "edge.lua"
 DEFAULT_DESCRIPTOR = REPO_ROOT / "gen" / "orchestra.pb"
 # The published request body limit. The service itself allows 1 MiB per
 # variable, so a body carrying one maximal variable still fits.
 DEFAULT_MAX_REQUEST_BYTES = 2 * 1024 * 1024
-# The key ring publishes a new key this long before signing with it; the
-# edge refetches the JWKS at this period.
+# The edge refetches the JWKS at this period and not on an unknown key id, so
+# the key ring publishes a new key longer than this before signing with it
+# (twice: identity.keys.DEFAULT_PUBLISH_LEAD, 60 s).
 DEFAULT_JWKS_CACHE_SECONDS = 30
 TENANT_HEADER = "x-orchestra-tenant"
 # The token and JWKS endpoints carry no tenant; together they get this many
@@ -77,6 +77,8 @@ class EdgeSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     admin_port: int | None = 0
     tenant_rate_limit: TenantRateLimit | None = field(default_factory=TenantRateLimit)
+    # Where the template and the Lua source are read from (None: ``envoy/``).
+    template_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.rest_port < 65536:
@@ -98,10 +100,9 @@ class EdgeSettings:
             raise ValueError("rate limit values must be positive")
 
 
-def edge_dir() -> Path:
+def edge_dir(override: Path | None = None) -> Path:
     """The directory holding the template and the Lua source."""
-    override = os.environ.get(EDGE_DIR_ENV)
-    return Path(override) if override else REPO_ROOT / "envoy"
+    return override if override is not None else REPO_ROOT / "envoy"
 
 
 def _q(value: str | int) -> str:
@@ -178,7 +179,7 @@ def _rate_limit_filter(limit: TenantRateLimit | None) -> str:
 
 def render_envoy_config(settings: EdgeSettings) -> str:
     """The Envoy bootstrap YAML for ``settings``."""
-    directory = edge_dir()
+    directory = edge_dir(settings.template_dir)
     template = Template((directory / TEMPLATE_NAME).read_text(encoding="utf-8"))
     lua_source = (directory / LUA_NAME).read_text(encoding="utf-8")
     self_host = connect_host(settings.rest_host)

@@ -9,7 +9,7 @@ from enum import Enum
 
 from orchestra_server.errors import PermissionDenied, Unauthenticated
 from orchestra_server.identity.access_tokens import AccessTokenVerifier
-from orchestra_server.identity.token_endpoint import ACCESS_PERMISSION, ConsumerDirectory
+from orchestra_server.identity.consumers import ACCESS_PERMISSION, ConsumerDirectory
 
 # Only real consumers can get here (the client id comes from a token we
 # signed), so this bound is about memory hygiene, not attack surface.
@@ -108,10 +108,6 @@ class Authenticator:
             self._standings.clear()
         self._standings[client_id] = checked
         return checked
-
-    def forget(self, client_id: str) -> None:
-        """Drop the remembered standing so the next call re-reads it (for same-process revocation)."""
-        self._standings.pop(client_id, None)
 
 
 def check_forwarded_tenant(principal: Principal, forwarded_tenant: str | None) -> None:

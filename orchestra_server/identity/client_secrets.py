@@ -136,16 +136,6 @@ def verify_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(candidate, parsed.digest)
 
 
-def needs_rehash(stored: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
-    """Whether a stored hash is weaker than `params` (or unreadable), so it should be re-hashed."""
-    try:
-        parsed = parse_hash(stored)
-    except ValueError:
-        return True
-    old = parsed.params
-    return old.n < params.n or old.r < params.r or old.p < params.p
-
-
 def dummy_verify(secret: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
     """Spend what a real verification with `params` spends, and return False.
 

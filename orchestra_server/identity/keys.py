@@ -24,11 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
-SIGNING_KEYS_ENV = "ORCHESTRA_SIGNING_KEYS_FILE"
-DEFAULT_FILE_NAME = "signing-keys.json"
-# The edge caches the key set and does not refetch on an unknown kid, so a new
-# key must be published for longer than that cache lives before it signs.
-DEFAULT_PUBLISH_LEAD = timedelta(minutes=10)
+# The edge caches the key set for 30 s (edge.config.DEFAULT_JWKS_CACHE_SECONDS) and does not
+# refetch on an unknown kid, so a new key is published for twice that before it signs.
+DEFAULT_PUBLISH_LEAD = timedelta(seconds=60)
 DEFAULT_MAX_TOKEN_LIFETIME = timedelta(hours=1)
 # Covers verifier leeway and clock skew between the processes sharing the file.
 DEFAULT_RETENTION_MARGIN = timedelta(minutes=5)
@@ -38,13 +36,6 @@ _FORMAT = 1
 
 class KeyRingError(Exception):
     """The key file is missing, unreadable, too widely readable, or malformed."""
-
-
-def signing_keys_path(data_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
-    """Where the key ring lives: `$ORCHESTRA_SIGNING_KEYS_FILE`, else `<data_dir>/signing-keys.json`."""
-    env = os.environ if environ is None else environ
-    configured = env.get(SIGNING_KEYS_ENV, "").strip()
-    return Path(configured) if configured else Path(data_dir) / DEFAULT_FILE_NAME
 
 
 def _b64(data: bytes) -> str:

@@ -9,7 +9,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from oauthlib.common import urldecode
 from oauthlib.oauth2 import BackendApplicationServer, RequestValidator
@@ -17,8 +17,8 @@ from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 
 from orchestra_server.identity.access_tokens import AccessTokenIssuer
 from orchestra_server.identity.client_secrets import DEFAULT_PARAMS, ScryptParams, SecretChecks
+from orchestra_server.identity.consumers import ACCESS_PERMISSION, ConsumerCredentials, ConsumerDirectory
 
-ACCESS_PERMISSION = "access orchestra api"
 MAX_BODY_BYTES = 4096
 MAX_AUTHORIZATION_LENGTH = 4096
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -26,23 +26,6 @@ REALM = "orchestra"
 # oauthlib wants a URI; the endpoint's real address plays no part in the grant.
 _URI = "https://orchestra.invalid/oauth/token"
 _KNOWN_ERRORS = frozenset({"invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope"})
-
-
-@dataclass(frozen=True)
-class ConsumerCredentials:
-    """What the token endpoint needs to know about one consumer."""
-
-    client_id: str
-    secret_hash: str
-    tenant_id: str
-    permissions: frozenset[str]
-    revoked: bool
-
-
-class ConsumerDirectory(Protocol):
-    """Looks consumers up by client id (storage implements this)."""
-
-    def find_consumer(self, client_id: str) -> ConsumerCredentials | None: ...
 
 
 @dataclass(frozen=True)

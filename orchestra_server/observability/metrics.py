@@ -1,4 +1,4 @@
-"""Prometheus metrics: RPC counters and latencies, and the engine's state read from storage on scrape."""
+"""Prometheus metrics: RPC counters and latencies, and the engine's state asked for on scrape."""
 
 from __future__ import annotations
 
@@ -6,19 +6,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_wsgi_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
-from orchestra_server.engine.model import InstanceStatus, TokenStatus
-from orchestra_server.service.scheduler import TimerScheduler
-from orchestra_server.storage import repository as repo
-from orchestra_server.storage.database import Database
+from orchestra_server.engine.model import InstanceStatus
+from orchestra_server.service.status import EngineState
 
 _log = logging.getLogger("orchestra.metrics")
 
@@ -28,17 +24,14 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 STATE_CACHE_SECONDS = 5.0
 
 
-class ObservedState(Protocol):
-    """What the state collector reads: the Application satisfies it."""
+class SchedulerStatus(Protocol):
+    """What the collector reports of this process's timer scheduler."""
 
     @property
-    def database(self) -> Database: ...
+    def healthy(self) -> bool: ...
 
     @property
-    def scheduler(self) -> TimerScheduler | None: ...
-
-    @property
-    def clock(self) -> Callable[[], datetime]: ...
+    def fired_total(self) -> int: ...
 
 
 class Metrics:
@@ -74,9 +67,15 @@ class Metrics:
             timer = self._duration_children.setdefault(rpc, self.duration.labels(rpc))
         timer.observe(seconds)
 
-    def watch(self, state: ObservedState, *, cache_seconds: float = STATE_CACHE_SECONDS) -> StateCollector:
-        """Adds the gauges read from `state` on scrape."""
-        collector = StateCollector(state, cache_seconds=cache_seconds)
+    def watch(
+        self,
+        read_state: Callable[[], EngineState],
+        scheduler: SchedulerStatus | None = None,
+        *,
+        cache_seconds: float = STATE_CACHE_SECONDS,
+    ) -> StateCollector:
+        """Adds the gauges from `read_state` and the scheduler's, read on scrape."""
+        collector = StateCollector(read_state, scheduler, cache_seconds=cache_seconds)
         self.registry.register(collector)
         return collector
 
@@ -86,12 +85,14 @@ class StateCollector(Collector):
 
     def __init__(
         self,
-        state: ObservedState,
+        read_state: Callable[[], EngineState],
+        scheduler: SchedulerStatus | None = None,
         *,
         cache_seconds: float = STATE_CACHE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._state = state
+        self._read_state = read_state
+        self._scheduler = scheduler
         # Counted here rather than in a registered Counter so that the failing scrape already shows it.
         self._errors = 0
         self._cache_seconds = cache_seconds
@@ -113,26 +114,19 @@ class StateCollector(Collector):
             return list(self._cached)
 
     def _read(self) -> Iterator[Metric]:
-        scheduler = self._state.scheduler
+        scheduler = self._scheduler
+        state: EngineState | None
         try:
-            with self._state.database.reading() as conn:
-                by_status = repo.count_instances_by_status(conn)
-                parked = conn.execute(
-                    select(func.count())
-                    .select_from(repo.tokens_t)
-                    .where(repo.tokens_t.c.status == TokenStatus.PARKED.value)
-                ).scalar_one()
-                # The same query the scheduler's backlog() runs, inside this one transaction.
-                backlog = repo.due_backlog(conn, self._state.clock())
-            database_up = True
+            state = self._read_state()
         except Exception:  # a scrape must report the outage, not fail
             self._errors += 1
             _log.warning("metrics: reading the engine state failed", exc_info=True)
-            database_up = False
+            state = None
         yield _gauge(
-            "orchestra_database_up", "1 when the database answered the last state query.", database_up
+            "orchestra_database_up", "1 when the database answered the last state query.", state is not None
         )
-        if database_up:
+        if state is not None:
+            by_status = dict(state.instances_by_status)
             instances = GaugeMetricFamily(
                 "orchestra_instances", "Process instances by status.", labels=["status"]
             )
@@ -142,9 +136,13 @@ class StateCollector(Collector):
             for other, count in sorted(by_status.items()):
                 instances.add_metric([other], count)
             yield instances
-            yield _gauge("orchestra_parked_tokens", "Tokens parked on a wait or timer node.", int(parked))
             yield _gauge(
-                "orchestra_due_timer_backlog", "Parked tokens already due and not yet fired.", backlog
+                "orchestra_parked_tokens", "Tokens parked on a wait or timer node.", state.parked_tokens
+            )
+            yield _gauge(
+                "orchestra_due_timer_backlog",
+                "Parked tokens already due and not yet fired.",
+                state.due_backlog,
             )
         if scheduler is not None:
             # Only a process that runs a scheduler reports these (with SQLite, only the first worker).

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from orchestra_server.engine.model import Json
 from orchestra_server.errors import InvalidArgument, NotFound
 from orchestra_server.identity import client_secrets
-from orchestra_server.identity.token_endpoint import ACCESS_PERMISSION, ConsumerCredentials
+from orchestra_server.identity.consumers import ACCESS_PERMISSION, ConsumerCredentials
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage import tenancy
 from orchestra_server.storage.database import Database

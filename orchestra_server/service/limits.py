@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from orchestra_server.engine.model import Json
 from orchestra_server.errors import InvalidArgument, LimitExceeded
-from orchestra_server.storage.repository import dump_json
+from orchestra_server.wire.json_text import dump_json
 
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_VARIABLE_BYTES = 1024 * 1024  # one value, as compact JSON

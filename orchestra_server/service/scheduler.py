@@ -108,10 +108,6 @@ class TimerScheduler:
                 break
         return total
 
-    def backlog(self) -> int:
-        with self._db.reading() as conn:
-            return repo.due_backlog(conn, self._clock())
-
     @property
     def healthy(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self.last_error is None

@@ -22,11 +22,11 @@ from orchestra_server.errors import Overloaded, Unavailable
 SQLITE_FILE = "orchestra.db"
 # How long a SQLite writer waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-# SQLite durability: NORMAL in WAL mode never loses a committed transaction when the
-# process is killed; FULL also survives power loss, at a cost per commit.
-SQLITE_SYNCHRONOUS = os.environ.get("ORCHESTRA_SQLITE_SYNCHRONOUS", "NORMAL").upper()
-if SQLITE_SYNCHRONOUS not in ("NORMAL", "FULL", "EXTRA"):
-    raise SystemExit("ORCHESTRA_SQLITE_SYNCHRONOUS must be NORMAL, FULL or EXTRA")
+# SQLite durability levels (PRAGMA synchronous) Orchestra accepts; Settings picks one.
+SQLITE_SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
+# NORMAL in WAL mode never loses a committed transaction when the process is killed;
+# FULL also survives power loss, at a cost per commit.
+DEFAULT_SQLITE_SYNCHRONOUS = "NORMAL"
 
 _WRITE = "orchestra_write"
 # A pooled PostgreSQL connection idle at least this long is checked before it is used again.
@@ -34,6 +34,10 @@ POSTGRES_PING_AFTER_IDLE = 5.0
 _RETURNED_AT = "orchestra_returned_at"
 # Beside the database file: the lock all processes' writers queue on.
 SQLITE_WRITER_LOCK_SUFFIX = "-writer.lock"
+
+
+class DatabaseNotReady(Exception):
+    """There is no database yet, or its schema is not the one this version uses."""
 
 
 def default_url(data_dir: Path) -> str:
@@ -98,10 +102,6 @@ class Database:
     writers: WriterQueue | None = field(default=None)
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
-
-    @property
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
@@ -147,21 +147,33 @@ def _is_connect_failure(exc: Exception) -> bool:
 
 
 def open_database(
-    url: str, *, pool_size: int = 8, echo: bool = False, ping_after_idle: float = POSTGRES_PING_AFTER_IDLE
+    url: str,
+    *,
+    pool_size: int = 8,
+    echo: bool = False,
+    ping_after_idle: float = POSTGRES_PING_AFTER_IDLE,
+    sqlite_synchronous: str = DEFAULT_SQLITE_SYNCHRONOUS,
+    must_exist: bool = False,
 ) -> Database:
+    """A pool on the database at `url`; with `must_exist` a missing SQLite file is DatabaseNotReady
+    rather than a new empty database."""
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS_LEVELS:
+        raise ValueError(f"sqlite_synchronous must be one of {', '.join(SQLITE_SYNCHRONOUS_LEVELS)}")
     url = normalise_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "future": True}
     if parsed.get_backend_name() == "sqlite":
         lock_file = None
         if parsed.database and parsed.database != ":memory:":
+            if must_exist and not Path(parsed.database).is_file():
+                raise DatabaseNotReady(f"no database at {parsed.database}")
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             lock_file = Path(parsed.database + SQLITE_WRITER_LOCK_SUFFIX)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
         engine = create_engine(url, **kwargs)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_synchronous)
         return Database(engine, WriterQueue(lock_file, SQLITE_BUSY_TIMEOUT_MS / 1000))
     else:
         kwargs["pool_size"] = pool_size
@@ -195,14 +207,14 @@ def _check_idle_connections(engine: Engine, idle_seconds: float) -> None:
             raise DisconnectionError("an idle connection was lost") from exc
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's begin event decide how each transaction starts.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()

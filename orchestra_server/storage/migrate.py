@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from orchestra_server.storage.database import Database
+from orchestra_server.storage.database import Database, DatabaseNotReady
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -68,3 +69,20 @@ def current_revision(database: Database) -> str | None:
             return None
         revisions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
         return revisions[0] if len(revisions) == 1 else None
+
+
+def require_current(database: Database) -> None:
+    """DatabaseNotReady unless the schema is this version's (for commands that must not migrate)."""
+    try:
+        revision = current_revision(database)
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseNotReady("cannot reach the database") from exc
+    if revision is None:
+        raise DatabaseNotReady(
+            "the database has no schema yet; run `orchestra db upgrade` or start the server"
+        )
+    if revision != SCHEMA_REVISION:
+        raise DatabaseNotReady(
+            f"the database schema is at revision {revision}, this version uses {SCHEMA_REVISION}; "
+            "run `orchestra db upgrade`"
+        )

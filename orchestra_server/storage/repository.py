@@ -23,6 +23,9 @@ from orchestra_server.storage.schema import (
 )
 from orchestra_server.storage.statements import Sql, bind_time, execute, execute_many, is_sqlite, read_time
 
+# Re-exported: the services fingerprint requests with the very text storage keeps.
+from orchestra_server.wire.json_text import dump_json as dump_json
+
 definitions_t = cast(Table, DefinitionRow.__table__)
 instances_t = cast(Table, InstanceRow.__table__)
 tokens_t = cast(Table, TokenRow.__table__)
@@ -48,13 +51,6 @@ SQL_FIND_INSTANCE = Sql(
 SQL_FIND_INSTANCE_LOCKED = Sql(
     "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
     " FROM instances WHERE id = :id AND tenant_id = :tenant FOR UPDATE"
-)
-SQL_FIND_BY_SEQ = Sql(
-    "SELECT seq, id, tenant_id, definition_id, definition_pk, status FROM instances WHERE seq = :seq"
-)
-SQL_LOCK_INSTANCE = Sql(
-    "SELECT seq, id, tenant_id, definition_id, definition_pk, status"
-    " FROM instances WHERE seq = :seq FOR UPDATE"
 )
 _INSTANCE_BY_LIVE_ID = (
     "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status"
@@ -114,11 +110,6 @@ SQL_LIST = {
     for st in (False, True)
     for a in (False, True)
 }
-
-
-def dump_json(value: Json) -> str:
-    """Canonical JSON text: compact, keys in their given order, no NaN/Infinity."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,16 +258,6 @@ def _one(cursor: Any) -> Sequence[Any]:
     return cast(Sequence[Any], rows[0])
 
 
-_HEADER_COLUMNS = (
-    instances_t.c.seq,
-    instances_t.c.id,
-    instances_t.c.tenant_id,
-    instances_t.c.definition_id,
-    instances_t.c.definition_pk,
-    instances_t.c.status,
-)
-
-
 def find_instance(
     conn: Connection, tenant_id: str, instance_id: str, *, lock: bool = False
 ) -> InstanceHeader | None:
@@ -288,11 +269,6 @@ def find_instance(
 def _locks_rows(conn: Connection) -> bool:
     # SQLite has no row locks: its write transactions (BEGIN IMMEDIATE) hold the whole database.
     return not is_sqlite(conn)
-
-
-def lock_instance(conn: Connection, seq: int) -> InstanceHeader:
-    statement = SQL_LOCK_INSTANCE if _locks_rows(conn) else SQL_FIND_BY_SEQ
-    return _header(_one(execute(conn, statement, {"seq": seq})))
 
 
 def lock_instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> InstanceHeader | None:
@@ -436,13 +412,6 @@ def due_backlog(conn: Connection, now: datetime) -> int:
     return int(count)
 
 
-def next_due_at(conn: Connection) -> datetime | None:
-    value = conn.execute(
-        select(func.min(tokens_t.c.due_at)).where(tokens_t.c.status == TokenStatus.PARKED.value)
-    ).scalar_one_or_none()
-    return value if isinstance(value, datetime) else None
-
-
 # --- variables -----------------------------------------------------------------------------
 
 
@@ -553,6 +522,14 @@ def store_idempotency_key(
 
 def forget_idempotency_keys(conn: Connection, older_than: datetime) -> int:
     return conn.execute(delete(idempotency_t).where(idempotency_t.c.created_at < older_than)).rowcount
+
+
+def count_parked_tokens(conn: Connection) -> int:
+    """Tokens parked on a wait or timer node."""
+    count = conn.execute(
+        select(func.count()).select_from(tokens_t).where(tokens_t.c.status == TokenStatus.PARKED.value)
+    ).scalar_one()
+    return int(count)
 
 
 def count_instances_by_status(conn: Connection) -> dict[str, int]:

@@ -5,20 +5,24 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from orchestra.v1 import auth_service_pb2, diagnostics_service_pb2, orchestra_service_pb2
 from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
 from orchestra.v1 import diagnostics_service_pb2_grpc as diag_grpc
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
-from orchestra_server.bootstrap import Application
+from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.interceptor import ObservabilityInterceptor, recording_caller
-from orchestra_server.transport.guard import GuardInterceptor
+from orchestra_server.observability.metrics import Metrics
+from orchestra_server.service.processes import ProcessService
+from orchestra_server.transport.guard import Authenticates, GuardInterceptor
+from orchestra_server.transport.reflection import enable_reflection
 from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
 
 SERVICE_NAMES = (
@@ -30,8 +34,24 @@ _log = logging.getLogger("orchestra.server")
 
 
 @dataclass(frozen=True)
+class ServerDependencies:
+    """What the server calls: the use cases and the few functions around them (bootstrap builds it)."""
+
+    processes: ProcessService
+    token_endpoint: TokenEndpoint
+    # The published JSON Web Key Set at a moment, as the JWKS endpoint answers it.
+    key_set: Callable[[datetime], bytes]
+    authenticate: Authenticates
+    metrics: Metrics
+    clock: Callable[[], datetime]
+    # What keeps this process from serving well; empty when it serves.
+    health_problems: Callable[[], list[str]]
+
+
+@dataclass(frozen=True)
 class ServerOptions:
-    # Threads that run calls; the database pool is sized to match.
+    # Threads that run calls. A worker takes this from Settings.pool_size, the size of its
+    # database pool, so a call never waits for a connection while a thread is free.
     max_workers: int = 16
     # Calls admitted at once before new ones are refused with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 256
@@ -40,7 +60,7 @@ class ServerOptions:
 
 
 def create_server(
-    address: str, app: Application, options: ServerOptions | None = None
+    address: str, deps: ServerDependencies, options: ServerOptions | None = None
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds a server bound to `address` (port 0 picks a free port); returns it unstarted with its port."""
     options = options or ServerOptions()
@@ -48,8 +68,8 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
         # Observability first: it must also see the calls the guard refuses.
         interceptors=[
-            ObservabilityInterceptor(app.metrics),
-            GuardInterceptor(recording_caller(app.authenticate), app.clock),
+            ObservabilityInterceptor(deps.metrics),
+            GuardInterceptor(recording_caller(deps.authenticate), deps.clock),
         ],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
@@ -57,18 +77,16 @@ def create_server(
             ("grpc.so_reuseport", 1),
         ],
     )
-    pb_grpc.add_OrchestraServiceServicer_to_server(OrchestraServicer(app.processes), server)
+    pb_grpc.add_OrchestraServiceServicer_to_server(OrchestraServicer(deps.processes), server)
     auth_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(app.token_endpoint, app.jwks_json, app.clock), server
+        AuthServicer(deps.token_endpoint, deps.key_set, deps.clock), server
     )
     diag_grpc.add_DiagnosticsServiceServicer_to_server(DiagnosticsServicer(), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
@@ -78,11 +96,13 @@ def create_server(
 HEALTH_CHECK_SECONDS = 2.0
 
 
-def _watch_health(app: Application, health_servicer: health.HealthServicer, stop: threading.Event) -> None:
+def _watch_health(
+    health_problems: Callable[[], list[str]], health_servicer: health.HealthServicer, stop: threading.Event
+) -> None:
     """Reports NOT_SERVING while the database or the scheduler is down, so the edge routes elsewhere."""
     serving = True
     while not stop.wait(HEALTH_CHECK_SECONDS):
-        problems = app.health_problems()
+        problems = health_problems()
         if serving == (not problems):
             continue
         serving = not problems
@@ -96,14 +116,14 @@ def _watch_health(app: Application, health_servicer: health.HealthServicer, stop
 
 def serve(
     address: str,
-    app: Application,
+    deps: ServerDependencies,
     options: ServerOptions | None = None,
     *,
     ready: threading.Event | None = None,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish."""
     options = options or ServerOptions()
-    server, port, health_servicer = create_server(address, app, options)
+    server, port, health_servicer = create_server(address, deps, options)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -114,7 +134,10 @@ def serve(
     server.start()
     _log.info("serving gRPC on port %d", port)
     monitor = threading.Thread(
-        target=_watch_health, args=(app, health_servicer, stop), name="health-monitor", daemon=True
+        target=_watch_health,
+        args=(deps.health_problems, health_servicer, stop),
+        name="health-monitor",
+        daemon=True,
     )
     monitor.start()
     if ready is not None:
@@ -128,4 +151,3 @@ def serve(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        app.close()

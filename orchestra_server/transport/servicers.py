@@ -18,9 +18,9 @@ from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 from orchestra_server.errors import InvalidArgument
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.service.processes import ProcessService
-from orchestra_server.transport import values
 from orchestra_server.transport.errors import HTTP_STATUS_METADATA
 from orchestra_server.transport.guard import current_caller, metadata_value
+from orchestra_server.wire import values
 
 IDEMPOTENCY_METADATA = "idempotency-key"
 _OAUTH_ERROR_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED}

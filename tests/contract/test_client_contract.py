@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from orchestra_server import errors
-from orchestra_server.bootstrap import Application, Settings, build_application
-from orchestra_server.client import GrpcOrchestraClient, LocalOrchestraClient, RestOrchestraClient
+from orchestra_server.bootstrap import Application, build_application
+from orchestra_server.client import GrpcOrchestraClient, RestOrchestraClient
 from orchestra_server.client.contract import OrchestraClient
 from orchestra_server.edge import EnvoyProcess
+from orchestra_server.local_client import LocalOrchestraClient
+from orchestra_server.settings import Settings
 from tests.contract.conftest import Cli, Service
 
 TRANSPORTS = ("local", "grpc", "rest")

@@ -24,7 +24,8 @@ def run_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def limited_edge(service: Service, run_dir: Path) -> Iterator[EnvoyProcess]:
-    # Refills one request every 60 s: the test sees exactly the burst.
+    # A burst of 3, refilled by one request a second: eight calls in quick succession see the
+    # burst and at least one refusal (a refill may let one more through, hence the >= below).
     edge = start_edge(
         run_dir,
         (Upstream("127.0.0.1", service.port),),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from orchestra_server.bootstrap import Settings, build_application
+from orchestra_server.bootstrap import build_application
 from orchestra_server.cli import main
 from orchestra_server.service.processes import Caller
+from orchestra_server.settings import Settings
 from tests.conftest import EXAMPLES
 
 
@@ -101,8 +103,9 @@ def test_tenants_roles_consumers_keys_and_audit(invoke: Invoker) -> None:
     database = (data_dir / "orchestra.db").read_bytes()
     assert created["client_secret"].encode() not in database, "the secret is stored only as a hash"
     keys = data_dir / "signing-keys.json"
-    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert not keys.exists(), "administering the directory needs no signing keys"
     assert "new key" in invoke("keys", "rotate").output
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     invoke("definition", "deploy", str(EXAMPLES / "three_step.yaml"))
     app = build_application(Settings(data_dir=data_dir))
     try:
@@ -117,6 +120,61 @@ def test_tenants_roles_consumers_keys_and_audit(invoke: Invoker) -> None:
     assert ("consumer.revoke", "operator") in actions
     assert ("tenant.create", "operator") in actions
     assert all(r["tenant_id"] == "acme" for r in trail)
+
+
+READ_COMMANDS = (
+    ("tenant", "list"),
+    ("role", "list"),
+    ("consumer", "list"),
+    ("definition", "list"),
+    ("audit",),
+)
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=" ".join)
+def test_reading_an_empty_data_directory_creates_nothing(tmp_path: Path, command: tuple[str, ...]) -> None:
+    data_dir = tmp_path / "data"
+    exe = Path(sys.executable).parent / "orchestra"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    result = subprocess.run(
+        [str(exe), *command, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no database at "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data_dir.exists(), "a read must not create the data directory, a database or keys"
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=" ".join)
+def test_reading_an_unmigrated_database_neither_migrates_nor_creates_keys(
+    invoke: Invoker, command: tuple[str, ...]
+) -> None:
+    invoke.data_dir.mkdir()
+    database = invoke.data_dir / "orchestra.db"
+    sqlite3.connect(database).close()
+    result = invoke(*command, ok=False)
+    assert result.exit_code == 1
+    assert "error: the database has no schema yet; run `orchestra db upgrade`" in result.output
+    assert isinstance(result.exception, SystemExit)
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+    assert not (invoke.data_dir / "signing-keys.json").exists()
+    invoke("db", "upgrade")
+    assert invoke(*command).exit_code == 0
+
+
+def test_definition_validate_takes_no_data_directory(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["definition", "validate", str(EXAMPLES / "three_step.yaml"), "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "No such option '--data-dir'" in result.output
+
+
+def test_an_unusable_environment_variable_is_a_clean_error() -> None:
+    result = CliRunner().invoke(main, ["tenant", "list"], env={"ORCHESTRA_SQLITE_SYNCHRONOUS": "OFF"})
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ORCHESTRA_SQLITE_SYNCHRONOUS must be one of NORMAL, FULL, EXTRA")
 
 
 def test_console_script_is_installed() -> None:

@@ -13,14 +13,16 @@ from urllib.parse import urlencode
 import grpc
 import pytest
 from google.api import httpbody_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import descriptor_pb2, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from orchestra.v1 import auth_service_pb2 as auth_pb
 from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
 from orchestra.v1 import orchestra_service_pb2 as pb
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
-from orchestra_server.bootstrap import Application, Settings, build_application
+from orchestra_server.bootstrap import Application, build_application
+from orchestra_server.settings import Settings
 from orchestra_server.transport.server import create_server
 from tests.conftest import EXAMPLES, FakeClock
 
@@ -58,7 +60,7 @@ def stack(tmp_path: Path, clock: FakeClock) -> Iterator[Stack]:
     app = build_application(settings, clock=clock)
     app.definitions.deploy([EXAMPLES / "three_step.yaml", EXAMPLES / "parallel_review.yaml"])
     app.directory.create_tenant("globex")
-    server, port, _health = create_server("127.0.0.1:0", app)
+    server, port, _health = create_server("127.0.0.1:0", app.server_dependencies())
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -98,11 +100,51 @@ def every_rpc(stub: pb_grpc.OrchestraServiceStub) -> dict[str, Callable[..., Any
     }
 
 
-def test_health_and_reflection_answer(stack: Stack) -> None:
+def test_health_answers(stack: Stack) -> None:
     health = health_pb2_grpc.HealthStub(stack.channel)
     for service in ("", "orchestra.v1.OrchestraService", "orchestra.v1.AuthService"):
         answer = health.Check(health_pb2.HealthCheckRequest(service=service))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def reflect(
+    channel: grpc.Channel, version: str, request: reflection_pb2.ServerReflectionRequest
+) -> reflection_pb2.ServerReflectionResponse:
+    # v1 and v1alpha messages are field for field the same; only the service name differs, so
+    # the v1alpha classes encode what a v1 client (grpcurl, Postman) sends.
+    call = channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (answer,) = list(call(iter([request]), timeout=10))
+    return answer
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_and_describes_the_services(stack: Stack, version: str) -> None:
+    listed = reflect(stack.channel, version, reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "orchestra.v1.OrchestraService",
+        "orchestra.v1.AuthService",
+        "orchestra.v1.DiagnosticsService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    for symbol, package in (
+        ("orchestra.v1.OrchestraService", "orchestra.v1"),
+        ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1"),
+    ):
+        found = reflect(
+            stack.channel, version, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        )
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in found.file_descriptor_response.file_descriptor_proto
+        ]
+        assert package in {f.package for f in files}, symbol
 
 
 @pytest.mark.parametrize(

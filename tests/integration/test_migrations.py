@@ -43,7 +43,8 @@ def test_a_process_on_a_current_database_never_loads_the_migration_machinery(
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from orchestra_server.bootstrap import Settings, build_application\n"
+        "from orchestra_server.bootstrap import build_application\n"
+        "from orchestra_server.settings import Settings\n"
         f"app = build_application(Settings(data_dir=Path({str(tmp_path)!r}), db_url={url!r}))\n"
         "app.database.dispose()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"

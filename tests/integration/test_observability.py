@@ -21,9 +21,9 @@ from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
-from orchestra_server.bootstrap import Application, Settings, build_application
+from orchestra_server.bootstrap import Application, build_application
 from orchestra_server.observability import JsonFormatter, start_metrics_server
-from orchestra_server.service.scheduler import TimerScheduler
+from orchestra_server.settings import Settings
 from tests.conftest import EXAMPLES, FakeClock
 
 REQUEST_ID = "3f1c2a9e-0d7b-4c55-9a1e-6b2f8d4e7c10"
@@ -70,10 +70,9 @@ class Stack:
 def stack(tmp_path: Path, clock: FakeClock) -> Iterator[Stack]:
     from orchestra_server.transport.server import create_server
 
-    app = build_application(Settings(data_dir=tmp_path), clock=clock)
+    # The scheduler is not started: the gauge must then say it is down.
+    app = build_application(Settings(data_dir=tmp_path), clock=clock, scheduler=True)
     app.definitions.deploy([EXAMPLES / "three_step.yaml"])
-    # Not started: the gauge must then say the scheduler is down.
-    app.scheduler = TimerScheduler(app.database, app.processes, clock=clock)
     # Formatting happens in the thread that logs, so the call's context is live when the line is built.
     lines = io.StringIO()
     handler = logging.StreamHandler(lines)
@@ -82,7 +81,7 @@ def stack(tmp_path: Path, clock: FakeClock) -> Iterator[Stack]:
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    server, port, _health = create_server("127.0.0.1:0", app)
+    server, port, _health = create_server("127.0.0.1:0", app.server_dependencies())
     server.start()
     metrics_server, metrics_port = start_metrics_server(app.metrics.registry, "127.0.0.1", 0)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

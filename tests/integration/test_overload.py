@@ -11,7 +11,8 @@ from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
 from orchestra.v1 import orchestra_service_pb2 as pb
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
-from orchestra_server.bootstrap import Settings, build_application
+from orchestra_server.bootstrap import build_application
+from orchestra_server.settings import Settings
 from orchestra_server.transport.server import ServerOptions, create_server
 from tests.conftest import EXAMPLES, FakeClock
 from tests.integration.test_grpc_service import Stack, bearer
@@ -21,7 +22,9 @@ from tests.integration.test_races import run_together
 def test_calls_past_the_limit_are_shed_not_queued(tmp_path: Path) -> None:
     app = build_application(Settings(data_dir=tmp_path))
     app.definitions.deploy([EXAMPLES / "three_step.yaml"])
-    server, port, _ = create_server("127.0.0.1:0", app, ServerOptions(max_workers=4, max_concurrent_rpcs=3))
+    server, port, _ = create_server(
+        "127.0.0.1:0", app.server_dependencies(), ServerOptions(max_workers=4, max_concurrent_rpcs=3)
+    )
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.OrchestraServiceStub(channel)

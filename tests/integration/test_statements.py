@@ -120,7 +120,7 @@ def test_a_lost_postgres_connection_is_invalidated_and_reported_unavailable(post
                     other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
                     other.commit()
                 time.sleep(0.2)
-                execute(conn, repo.SQL_FIND_BY_SEQ, {"seq": 1})
+                execute(conn, repo.SQL_FIND_INSTANCE, {"id": "any", "tenant": "any"})
 
         with pytest.raises(errors.Unavailable) as lost:
             read_on_a_killed_connection()

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from orchestra_server import errors
+from orchestra_server.client.contract import CODE_FOR_HTTP, ERROR_FOR_CODE, error_for_grpc, error_for_http
 from orchestra_server.transport.errors import GRPC_CODES, HTTP_STATUSES, grpc_code_for
 
 
@@ -64,3 +65,19 @@ def test_unknown_exception_is_internal() -> None:
 
     # A direct subclass of the root has no branch row: it must not pass as a client error.
     assert grpc_code_for(Strange("x")) is grpc.StatusCode.INTERNAL
+
+
+def test_the_clients_table_is_the_servers_read_backwards() -> None:
+    # The client keeps its own copy so that it loads none of the server; the copies must agree.
+    assert {code: cls for cls, code in GRPC_CODES.items()} == ERROR_FOR_CODE
+    assert {status: code for code, status in HTTP_STATUSES.items()} == CODE_FOR_HTTP
+
+
+@pytest.mark.parametrize("cls", all_domain_errors(), ids=lambda c: c.__name__)
+def test_a_client_gets_back_the_branch_of_every_domain_error(cls: type[errors.OrchestraError]) -> None:
+    code = grpc_code_for(make(cls))
+    over_grpc = error_for_grpc(code, "message")
+    over_http = error_for_http(HTTP_STATUSES[code], "message")
+    assert type(over_grpc) is type(over_http)
+    assert isinstance(make(cls), type(over_grpc))
+    assert type(over_grpc) is not errors.OrchestraError

@@ -15,7 +15,7 @@ from orchestra_server.edge import (
     render_envoy_config,
     validate_config,
 )
-from orchestra_server.edge.config import EDGE_DIR_ENV, LUA_NAME, edge_dir
+from orchestra_server.edge.config import LUA_NAME, edge_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,15 +82,14 @@ def test_broken_descriptor_path_fails_validation(tmp_path: Path) -> None:
         validate_config(_write(tmp_path, settings))
 
 
-def test_templates_come_from_the_override_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_templates_come_from_the_override_directory(tmp_path: Path) -> None:
     override = tmp_path / "edge"
     shutil.copytree(edge_dir(), override)
     # A Lua syntax error proves both that the override is read and that
     # validation compiles the script.
     (override / LUA_NAME).write_text("function envoy_on_response(handle\n", encoding="utf-8")
-    monkeypatch.setenv(EDGE_DIR_ENV, str(override))
-    assert edge_dir() == override
-    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    assert edge_dir(override) == override
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),), template_dir=override)
     with pytest.raises(EdgeConfigError):
         validate_config(_write(tmp_path, settings))
 

@@ -13,8 +13,8 @@ import pytest
 
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from orchestra_server.identity.client_secrets import ScryptParams, hash_secret
+from orchestra_server.identity.consumers import ACCESS_PERMISSION, ConsumerCredentials
 from orchestra_server.identity.keys import KeyRing
-from orchestra_server.identity.token_endpoint import ACCESS_PERMISSION, ConsumerCredentials
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 ISSUER = "https://orchestra.example"

@@ -108,16 +108,6 @@ def test_permission_removal_is_permission_denied_after_the_interval_and_can_be_u
     assert authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=4)).client_id == CLIENT
 
 
-def test_forget_makes_revocation_immediate(
-    authenticator: Authenticator, directory: FakeDirectory, token: str
-) -> None:
-    authenticator.authenticate(f"Bearer {token}", NOW)
-    directory.update(CLIENT, revoked=True)
-    authenticator.forget(CLIENT)
-    with pytest.raises(Unauthenticated):
-        authenticator.authenticate(f"Bearer {token}", NOW)
-
-
 def test_the_directory_is_read_at_most_once_per_interval(
     authenticator: Authenticator, directory: FakeDirectory, token: str
 ) -> None:

@@ -13,7 +13,6 @@ from orchestra_server.identity.client_secrets import (
     ScryptParams,
     dummy_verify,
     hash_secret,
-    needs_rehash,
     new_client_id,
     new_client_secret,
     parse_hash,
@@ -110,12 +109,6 @@ def test_malformed_stored_string_is_a_mismatch_not_an_error(stored: str) -> None
     assert not verify_secret("anything", stored)
     with pytest.raises(ValueError, match=r"."):
         parse_hash(stored)
-
-
-def test_needs_rehash_when_parameters_are_raised() -> None:
-    assert needs_rehash(hash_secret("s", FAST))
-    assert not needs_rehash(hash_secret("s", FAST), FAST)
-    assert needs_rehash("garbage")
 
 
 @pytest.mark.parametrize(("n", "r", "p"), [(1, 1, 1), (24, 1, 1), (2**21, 1, 1), (16, 0, 1), (16, 1, 0)])

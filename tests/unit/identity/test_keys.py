@@ -21,11 +21,9 @@ from orchestra_server.identity.keys import (
     DEFAULT_MAX_TOKEN_LIFETIME,
     DEFAULT_PUBLISH_LEAD,
     DEFAULT_RETENTION_MARGIN,
-    SIGNING_KEYS_ENV,
     KeyRing,
     KeyRingError,
     jwk_thumbprint,
-    signing_keys_path,
 )
 
 from .conftest import NOW, b64url
@@ -123,12 +121,6 @@ def test_a_kid_that_does_not_match_its_key_is_refused(keys_path: Path) -> None:
     keys_path.write_text(json.dumps(document))
     with pytest.raises(KeyRingError, match="kid"):
         KeyRing(keys_path)
-
-
-def test_file_location(tmp_path: Path) -> None:
-    assert signing_keys_path(tmp_path, {}) == tmp_path / "signing-keys.json"
-    other = tmp_path / "elsewhere" / "k.json"
-    assert signing_keys_path(tmp_path, {SIGNING_KEYS_ENV: str(other)}) == other
 
 
 def test_rotation_publishes_first_and_signs_after_the_lead(key_ring: KeyRing) -> None:

@@ -11,12 +11,8 @@ import pytest
 
 from orchestra_server.identity import client_secrets
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
-from orchestra_server.identity.token_endpoint import (
-    ACCESS_PERMISSION,
-    MAX_BODY_BYTES,
-    TokenEndpoint,
-    TokenResponse,
-)
+from orchestra_server.identity.consumers import ACCESS_PERMISSION
+from orchestra_server.identity.token_endpoint import MAX_BODY_BYTES, TokenEndpoint, TokenResponse
 
 from .conftest import FAST, NOW, FakeDirectory
 

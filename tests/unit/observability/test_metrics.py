@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestra_server.observability.metrics import DURATION_BUCKETS, Metrics, StateCollector
-from orchestra_server.service.scheduler import TimerScheduler
+from orchestra_server.service.status import EngineState, read_engine_state
 from orchestra_server.storage.database import Database, default_url, open_database
 from orchestra_server.storage.migrate import upgrade
 
@@ -51,11 +50,9 @@ def test_each_application_has_its_own_registry() -> None:
     assert ("orchestra_rpc_requests_total", (("code", "OK"), ("rpc", "GetInstance"))) not in samples(second)
 
 
-@dataclass
-class State:
-    database: Any
-    scheduler: TimerScheduler | None = None
-    clock: Callable[[], datetime] = field(default=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+def engine_state(database: Any) -> Callable[[], EngineState]:
+    """The state reader the application gives the collector, on a database that counts its reads."""
+    return lambda: read_engine_state(database, datetime(2026, 1, 1, tzinfo=UTC))
 
 
 class CountingDatabase:
@@ -102,7 +99,7 @@ def values(collector: StateCollector) -> dict[tuple[str, tuple[tuple[str, str], 
 
 
 def test_state_gauges_cover_every_instance_status(database: CountingDatabase) -> None:
-    found = values(StateCollector(State(database)))
+    found = values(StateCollector(engine_state(database)))
     for status in ("running", "completed", "cancelled", "failed"):
         assert found[("orchestra_instances", (("status", status),))] == 0
     assert found[("orchestra_parked_tokens", ())] == 0
@@ -115,7 +112,7 @@ def test_state_gauges_cover_every_instance_status(database: CountingDatabase) ->
 
 def test_state_is_read_at_most_once_per_cache_period(database: CountingDatabase) -> None:
     ticks = Ticks()
-    collector = StateCollector(State(database), cache_seconds=5.0, monotonic=ticks)
+    collector = StateCollector(engine_state(database), cache_seconds=5.0, monotonic=ticks)
     values(collector)
     ticks.now += 4.9
     values(collector)
@@ -128,7 +125,7 @@ def test_state_is_read_at_most_once_per_cache_period(database: CountingDatabase)
 def test_a_failing_read_is_reported_and_counted_never_raised(database: CountingDatabase) -> None:
     database.failing = True
     ticks = Ticks()
-    collector = StateCollector(State(database), monotonic=ticks)
+    collector = StateCollector(engine_state(database), monotonic=ticks)
     found = values(collector)
     assert found[("orchestra_database_up", ())] == 0
     assert found[("orchestra_metrics_collect_errors_total", ())] == 1
@@ -142,6 +139,6 @@ def test_a_failing_read_is_reported_and_counted_never_raised(database: CountingD
 
 def test_registering_the_state_collector_does_not_query(database: CountingDatabase) -> None:
     metrics = Metrics()
-    metrics.watch(State(database))
+    metrics.watch(engine_state(database))
     assert database.reads == 0
     assert samples(metrics)[("orchestra_database_up", ())] == 1

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 import pytest
 
-from orchestra_server.bootstrap import Settings
 from orchestra_server.cli import metrics_ports
 from orchestra_server.runtime import WorkerPool, WorkerSpec
+from orchestra_server.settings import Settings
 
 
 def option(command: list[str], name: str) -> str | None:
@@ -21,7 +21,8 @@ def test_each_worker_is_started_with_its_own_metrics_port() -> None:
     specs = [
         WorkerSpec("127.0.0.1", 50051 + i, scheduler=i == 0, metrics_port=p) for i, p in enumerate(ports)
     ]
-    pool = WorkerPool(Settings(data_dir=Path("data")), specs, metrics_host="0.0.0.0", log_format="json")  # noqa: S104
+    settings = Settings(data_dir=Path("data"), metrics_host="0.0.0.0", log_format="json")  # noqa: S104
+    pool = WorkerPool(settings, specs)
     commands = [pool._command(spec) for spec in specs]
     assert [option(c, "--metrics-port") for c in commands] == ["9100", "9101", "9102"]
     assert {option(c, "--metrics-host") for c in commands} == {"0.0.0.0"}  # noqa: S104

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from google.protobuf import struct_pb2
 
-from orchestra_server.engine.model import Json
 from orchestra_server.errors import LimitExceeded
+from orchestra_server.wire.json_text import Json
 
 # Numbers travel as IEEE doubles; integral ones within this range come back as ints.
 MAX_SAFE_INTEGER = 2**53

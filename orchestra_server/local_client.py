@@ -1,10 +1,13 @@
-"""The in-process client: the use cases called directly, for one tenant."""
+"""The in-process client: the use cases called directly, for one tenant.
+
+It lives outside `client/` because it loads the server: the remote clients do not.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from orchestra_server.client.contract import InstancePage, InstanceView
+from orchestra_server.client.contract import InstancePage, InstanceSummary, InstanceView, TokenView
 from orchestra_server.engine.model import Json
 from orchestra_server.service.processes import Caller, ProcessService
 
@@ -33,16 +36,27 @@ class LocalOrchestraClient:
         page_size: int = 0,
         page_token: str = "",
     ) -> InstancePage:
-        return self._processes.list_instances(
+        page = self._processes.list_instances(
             self._caller,
             definition_id=definition_id,
             status=status,
             page_size=page_size,
             page_token=page_token,
         )
+        return InstancePage(
+            tuple(InstanceSummary(s.id, s.definition_id, s.status) for s in page.instances),
+            page.next_page_token,
+        )
 
     def get_instance(self, instance_id: str) -> InstanceView:
-        return self._processes.get_instance(self._caller, instance_id)
+        found = self._processes.get_instance(self._caller, instance_id)
+        return InstanceView(
+            id=found.id,
+            definition_id=found.definition_id,
+            status=found.status,
+            tenant_id=found.tenant_id,
+            tokens=tuple(TokenView(t.id, t.node_id, t.status) for t in found.tokens),
+        )
 
     def signal_token(self, token_id: str) -> None:
         self._processes.signal_token(self._caller, token_id)
