@@ -1,4 +1,4 @@
-"""ISO-8601 durations: what parses, the normal form, and calendar arithmetic around month ends and leap days."""
+"""ISO-8601 durations: what parses, the normal form, and calendar arithmetic at month ends and leap days."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestra_server.engine.durations import MAX_DURATION, Duration, DurationError, format_duration, parse_duration
+from orchestra_server.engine.durations import (
+    MAX_DURATION,
+    Duration,
+    DurationError,
+    format_duration,
+    parse_duration,
+)
 
 
 def at(year: int, month: int, day: int, hour: int = 0) -> datetime:
