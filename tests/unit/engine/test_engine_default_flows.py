@@ -108,7 +108,8 @@ def test_a_default_after_a_wait_is_taken_on_signal() -> None:
         define(
             """
             id: decide
-            nodes: {s: {type: start}, w: {type: wait}, paid: {type: end}, recheck: {type: wait}, e: {type: end}}
+            nodes:
+              {s: {type: start}, w: {type: wait}, paid: {type: end}, recheck: {type: wait}, e: {type: end}}
             flows:
               - {from: s, to: w}
               - {from: w, to: recheck, default: true}
