@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from orchestra_server.engine.definition import parse, to_data
 from orchestra_server.engine.model import EventKind, TokenStatus
 from tests.unit.engine.support import Driver, define
 
@@ -183,3 +184,11 @@ def test_a_calendar_due_time_past_the_calendar_is_an_incident() -> None:
     run.start()
     token = run.one("t", INCIDENT)
     assert token.message == "the timer's due time is out of range"
+
+
+def test_calendar_durations_round_trip_through_the_normal_form() -> None:
+    definition = waiting("P12M")
+    data = to_data(definition)
+    assert data["nodes"]["t"]["after"] == "P1Y"
+    assert data["nodes"]["w"]["timeout"] == {"after": "P1Y", "to": "e"}
+    assert parse(data, source="again") == definition
