@@ -13,7 +13,7 @@ types):
   default flow on a node, a default flow with a condition;
 * a `wait_all` or `threshold` join whose incoming flows can never be filled together.
 
-Definitions stored by earlier versions are read with `strict=False`, which keeps the structural
+Definitions stored by earlier releases are read with `strict=False`, which keeps the structural
 checks and skips these, so instances already running on them keep running.
 
 The canonical form is `to_data` of the parsed definition, as compact JSON with sorted keys: it is
@@ -62,8 +62,14 @@ _TYPE_FIELDS: Mapping[NodeType, tuple[str, ...]] = {
 }
 _FLOW_FIELDS = ("from", "to", "when", "default")
 _TIMEOUT_FIELDS = ("after", "to")
-_CONDITION_KINDS = frozenset({expression_types.Kind.BOOL})
-_TIME_KINDS = frozenset({expression_types.Kind.STRING, expression_types.Kind.TIMESTAMP})
+# What each kind of expression must be able to give, and how a message names it.
+_WANTED: Mapping[str, tuple[frozenset[expression_types.Kind], str]] = {
+    "when": (frozenset({expression_types.Kind.BOOL}), "a boolean"),
+    "until": (
+        frozenset({expression_types.Kind.STRING, expression_types.Kind.TIMESTAMP}),
+        "a time (an RFC 3339 string or a timestamp)",
+    ),
+}
 _GATEWAYS: Mapping[str, tuple[Join, Split]] = {
     "exclusive": (Join.IMMEDIATE, Split.FIRST),
     "parallel": (Join.WAIT_ALL, Split.ALL),
@@ -363,9 +369,8 @@ class _Reader:
     def check_type(self, compiled: Expression, where: str, what: str) -> None:
         """Refuse what the text shows cannot work; a variable-free expression is run once to know."""
         kinds = expression_types.result_kinds(compiled.source)
-        wanted = _CONDITION_KINDS if what == "when" else _TIME_KINDS
+        wanted, needed = _WANTED[what]
         if not kinds & wanted:
-            needed = "a boolean" if what == "when" else "a time (an RFC 3339 string or a timestamp)"
             self.problem(
                 where,
                 f"{what} {_show(compiled.source)} cannot give {needed}: "
