@@ -2,8 +2,10 @@
 
 Flows. On a node, a flow "always holds" when it is not the default and has no condition, or a
 condition without variables that is true. A flow can never be taken when its condition has no
-variables and is false; when it is listed after a flow that always holds on a `split: first`
-node; or when it is the default and another flow of the node always holds. Two flows with the
+variables and is false; on a `split: first` node, when it is listed after a flow that always
+holds or after a flow with the same condition (the same text gives the same value); or when it
+is the default and another flow of the node always holds. Beyond constants and repeated text,
+conditions are not compared (`x` and `!x` together are not seen to cover every case). Two flows with the
 same from, to and condition would carry two tokens where one is meant, so they are refused too.
 
 Joins. A token is only ever multiplied by a `split: all` node taking two or more of its
@@ -68,23 +70,39 @@ def routing_problems(
                 problems.append(
                     (f"{flow_name(flow)}: ", f"condition {flow.when!r} is always false: never taken")
                 )
-        if not always:
-            continue
-        first = always[0]
+        first = always[0] if always else None
         if node.split is Split.FIRST:
-            for flow in routes:
-                if flow.index > first.index and not flow.default:
-                    problems.append(
-                        (
-                            f"{flow_name(flow)}: ",
-                            f"never taken: {flow_name(first)} before it always holds "
-                            "and split 'first' takes only one flow",
-                        )
+            problems += _shadowed(routes, first)
+        if first is not None:
+            for flow in defaults:
+                problems.append(
+                    (
+                        f"{flow_name(flow)}: ",
+                        f"the default flow is never taken: {flow_name(first)} always holds",
                     )
-        for flow in defaults:
-            problems.append(
-                (f"{flow_name(flow)}: ", f"the default flow is never taken: {flow_name(first)} always holds")
-            )
+                )
+    return problems
+
+
+def _shadowed(routes: Sequence[Flow], first: Flow | None) -> list[Problem]:
+    """On a `split: first` node: flows after one that always holds, and flows whose condition (the
+    same text, so the same value) an earlier flow already has."""
+    problems: list[Problem] = []
+    earlier: dict[str, Flow] = {}
+    for flow in routes:
+        if flow.default:
+            continue
+        if first is not None and flow.index > first.index:
+            reason = f"{flow_name(first)} before it always holds"
+        elif flow.when is not None and flow.when in earlier:
+            reason = f"{flow_name(earlier[flow.when])} before it has the same condition"
+        else:
+            if flow.when is not None:
+                earlier[flow.when] = flow
+            continue
+        problems.append(
+            (f"{flow_name(flow)}: ", f"never taken: {reason} and split 'first' takes only one flow")
+        )
     return problems
 
 

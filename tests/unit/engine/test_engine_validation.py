@@ -3,16 +3,19 @@ joins that never fire, and expressions whose type cannot work."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestra_server.engine.definition import parse, to_data
 from orchestra_server.engine.expression_types import ANY, Kind, describe, result_kinds
-from orchestra_server.engine.model import Definition
+from orchestra_server.engine.model import Definition, EventKind
 from orchestra_server.errors import DefinitionInvalid
-from tests.unit.engine.support import define
+from tests.unit.engine.support import Driver, define
 
 SOURCE = "checks.yaml"
 
@@ -143,6 +146,55 @@ def test_a_condition_without_variables_that_always_fails_is_refused() -> None:
     found = refused(route("first", '{from: r, to: a, when: "1 / 0 == 1"}', "{from: r, to: b}"))
     assert len(found) == 1
     assert found[0].startswith(f"{SOURCE}: flow #2 (r -> a): when '1 / 0 == 1' fails whenever it runs:")
+
+
+def test_on_a_first_split_a_condition_repeated_is_never_taken() -> None:
+    found = refused(
+        route(
+            "first", '{from: r, to: a, when: "x > 1"}', '{from: r, to: b, when: "x > 1"}', "{from: r, to: c}"
+        )
+    )
+    assert found == [
+        f"{SOURCE}: flow #3 (r -> b): never taken: flow #2 (r -> a) before it has the same condition "
+        "and split 'first' takes only one flow"
+    ]
+    strict(
+        route("all", '{from: r, to: a, when: "x > 1"}', '{from: r, to: b, when: "x > 1"}', "{from: r, to: c}")
+    )
+
+
+_CONDITIONS = st.sampled_from([None, "x", "y", "true", "false"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["first", "all"]),
+    st.lists(st.tuples(_CONDITIONS, st.booleans()), min_size=1, max_size=5),
+)
+def test_every_flow_of_an_accepted_definition_can_be_taken(
+    split: str, flows: list[tuple[str | None, bool]]
+) -> None:
+    """Over independent variables, acceptance means each flow is taken under some assignment."""
+    listed = []
+    for number, (condition, default) in enumerate(flows):
+        if default:
+            listed.append(f"{{from: r, to: n{number}, default: true}}")
+        elif condition is None:
+            listed.append(f"{{from: r, to: n{number}}}")
+        else:
+            listed.append(f'{{from: r, to: n{number}, when: "{condition}"}}')
+    try:
+        definition = strict(route(split, *listed))
+    except DefinitionInvalid:
+        return
+    taken: set[int] = set()
+    for x, y in itertools.product([False, True], repeat=2):
+        run = Driver(definition, {"x": x, "y": y})
+        step = run.start()
+        for event in step.events:
+            if event.kind is EventKind.ROUTED and event.node_id == "r":
+                taken.update(event.flows)
+    assert taken == {flow.index for flow in definition.outgoing["r"]}
 
 
 # -- repeated flows ---------------------------------------------------------------------------------
