@@ -6,6 +6,8 @@ files. What is refused, and why:
 * more than `MAX_DOCUMENT_BYTES`, or bytes that are not UTF-8: nothing sensible is that large;
 * nesting deeper than `MAX_DEPTH`: a definition is five levels deep, and the YAML composer
   recurses once per level, so thousands of levels would exhaust the interpreter's stack;
+* more than `MAX_VALUES` values (scalars, lists and mappings): a megabyte of `[1,1,1,...]` would
+  otherwise take the reader most of a minute;
 * aliases (`*name`): an alias repeats a subtree without its text, so a few lines can expand to
   billions of nodes ("billion laughs"); a definition has no use for them;
 * a key given twice in one mapping: YAML keeps the last silently, so a node declared twice or a
@@ -28,6 +30,9 @@ from orchestra_server.errors import DefinitionInvalid
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 64
+# Far above the largest valid definition (1,000 nodes and 5,000 flows are about 65,000 values),
+# and what keeps reading time bounded: each value costs the pure-Python reader some 60-80 us.
+MAX_VALUES = 100_000
 
 
 def read_document(content: bytes | str, *, source: str) -> Any:
@@ -71,6 +76,7 @@ class _DocumentLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.depth = 0
+        self.values = 0
         self.duplicates: list[str] = []
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
@@ -80,7 +86,15 @@ class _DocumentLoader(yaml.SafeLoader):
                 None, None, "aliases (*name) are not allowed in a definition", event.start_mark
             )
         self.depth += 1
+        self.values += 1
         try:
+            if self.values > MAX_VALUES:
+                raise ComposerError(
+                    None,
+                    None,
+                    f"more than {MAX_VALUES} values",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
             if self.depth > MAX_DEPTH:
                 raise ComposerError(
                     None,

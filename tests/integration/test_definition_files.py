@@ -143,6 +143,7 @@ def hostile_files(folder: Path) -> dict[str, Path]:
     files = {
         "deep.json": "[" * 5000 + "]" * 5000,
         "deep.yaml": "a: " + "{b: " * 5000 + "1" + "}" * 5000,
+        "wide.json": "[" + "1," * 120_000 + "1]",
         "laughs.yaml": "\n".join(
             ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
             + [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 12)]
@@ -183,6 +184,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 HOSTILE = [
     ("deep.json", "nested deeper than 64 levels"),
     ("deep.yaml", "nested deeper than 64 levels"),
+    ("wide.json", "more than 100000 values"),
     ("laughs.yaml", "aliases (*name) are not allowed"),
     ("twice.yaml", "duplicate key 'nodes' at line 11 (first at line 4)"),
     ("truncated.json", "not valid YAML or JSON"),

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from orchestra_server.engine import document
 from orchestra_server.engine.definition import canonical_content, content_hash, load, to_data
 from orchestra_server.engine.document import MAX_DEPTH, MAX_DOCUMENT_BYTES, read_document
 from orchestra_server.errors import DefinitionInvalid
@@ -99,6 +100,30 @@ def test_deep_nesting_is_refused_before_it_recurses(opening: str) -> None:
 
 def test_nesting_up_to_the_bound_reads() -> None:
     assert read_document("[" * MAX_DEPTH + "]" * MAX_DEPTH, source=SOURCE) is not None
+
+
+def test_too_many_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real bound (100,000) takes seconds to reach; the mechanism is the same at any bound.
+    monkeypatch.setattr(document, "MAX_VALUES", 1000)
+    assert len(read_document("[" + "1," * 998 + "1]", source=SOURCE)) == 999
+    found = problems("[" + "1," * 1999 + "1]")
+    assert found == [f"{SOURCE}: not valid YAML or JSON: line 1 column 2000: more than 1000 values"]
+
+
+def test_the_largest_valid_definition_is_within_the_value_bound() -> None:
+    nodes = {"s": {"type": "start"}, "e": {"type": "end"}}
+    nodes |= {
+        f"n{i}": {"type": "wait", "label": "A step", "timeout": {"after": "P1D", "to": "e"}}
+        for i in range(998)
+    }
+    flows = [{"from": "s", "to": "n0"}] + [
+        {"from": f"n{i % 998}", "to": f"n{(i + 1) % 998}", "when": f"step == {i}"} for i in range(4998)
+    ]
+    flows.append({"from": "n997", "to": "e"})
+    text = json.dumps({"id": "largest", "label": "Largest", "nodes": nodes, "flows": flows})
+    assert len(text) < MAX_DOCUMENT_BYTES
+    definition = load(text, source=SOURCE)
+    assert (len(definition.nodes), len([f for f in definition.flows if not f.timeout])) == (1000, 5000)
 
 
 def test_a_huge_document_is_refused_by_size() -> None:
