@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import re
 import textwrap
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestra_server.engine.definition import parse, to_data
@@ -16,6 +17,8 @@ from orchestra_server.engine.expression_types import ANY, Kind, describe, result
 from orchestra_server.engine.model import Definition, EventKind
 from orchestra_server.errors import DefinitionInvalid
 from tests.unit.engine.support import Driver, define
+from tests.unit.engine.test_engine_properties import Shape, graphs
+from tests.unit.engine.test_engine_properties import _drive as drive
 
 SOURCE = "checks.yaml"
 
@@ -551,3 +554,45 @@ def test_unreadable_text_is_any_kind() -> None:
     assert result_kinds("(" * 3000 + "1" + ")" * 3000) == ANY
     assert result_kinds("1 2") == ANY
     assert describe(frozenset({Kind.INT, Kind.STRING})) == "a number or a string"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs(Shape()))
+def test_generated_graphs_are_accepted_or_refused_never_crashed_on(data: dict[str, Any]) -> None:
+    try:
+        definition = parse(data, source=SOURCE)
+    except DefinitionInvalid as exc:
+        problems = exc.problems
+    else:
+        assert parse(data, source=SOURCE, strict=False) == definition
+        assert parse(to_data(definition), source="again") == definition
+        return
+    assert problems
+    assert all(problem.startswith(f"{SOURCE}: ") for problem in problems)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_join_refused_as_never_firing_never_fires(data: st.DataObject) -> None:
+    """The join rules refuse only what cannot happen: driven anyway, such a join never fires."""
+    raw = data.draw(graphs(Shape()))
+    try:
+        parse(raw, source=SOURCE)
+    except DefinitionInvalid as exc:
+        problems = exc.problems
+    else:
+        return
+    never = {
+        match.group(1)
+        for problem in problems
+        if (
+            match := re.search(
+                r"node '(\w+)': (?:join 'wait_all' never fires|threshold \d+ is never)", problem
+            )
+        )
+    }
+    if not never:
+        return
+    run = drive(data, parse(raw, source=SOURCE, strict=False))
+    fired = {event.node_id for event in run.events if event.kind is EventKind.JOIN_FIRED}
+    assert not fired & never, problems
