@@ -1,6 +1,6 @@
-"""The pure process engine: definitions in, token changes out, with no I/O."""
+"""The pure process engine: definition text in, token changes out; it reads no files and keeps no state."""
 
-from orchestra_server.engine.definition import canonical_content, content_hash, load_file, parse, to_data
+from orchestra_server.engine.definition import canonical_content, content_hash, load, parse, to_data
 from orchestra_server.engine.engine import STEP_LIMIT, STEP_LIMIT_MESSAGE, Step, fire_due, signal, start
 
 __all__ = [
@@ -10,7 +10,7 @@ __all__ = [
     "canonical_content",
     "content_hash",
     "fire_due",
-    "load_file",
+    "load",
     "parse",
     "signal",
     "start",

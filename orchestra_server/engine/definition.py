@@ -1,4 +1,25 @@
-"""Reading process definitions: YAML/JSON content validated into a `Definition`, and its canonical form."""
+"""Reading process definitions: YAML/JSON text validated into a `Definition`, and its canonical form.
+
+`load` takes the text (the caller reads files) and `parse` the plain data. Validation collects
+every problem, each naming the source and the node or flow. Beyond the structure (known fields,
+existing nodes, one start, no dead ends, everything reachable), a definition is refused for what
+can be known before it runs (see `soundness` for the graph rules and `expression_types` for the
+types):
+
+* a condition that cannot give a boolean (`'yes'`, `amount * 2`, `1`), or an `until` that cannot
+  give a time (`true`, `3600`, `'tomorrow'`);
+* a condition without variables that is false, or fails whenever it runs;
+* a flow that can never be taken, two flows with the same from, to and condition, more than one
+  default flow on a node, a default flow with a condition;
+* a `wait_all` or `threshold` join whose incoming flows can never be filled together.
+
+Definitions stored by earlier releases are read with `strict=False`, which keeps the structural
+checks and skips these, so instances already running on them keep running.
+
+The canonical form is `to_data` of the parsed definition, as compact JSON with sorted keys: it is
+what is stored and hashed, so comments, key order, spelling (`PT60M` or `PT1H`) and a gateway
+preset against its explicit split and join all give the same version.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +27,18 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from os import PathLike
-from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
-from orchestra_server.engine.conditions import compile_expression
-from orchestra_server.engine.durations import DurationError, format_duration, parse_duration
+from orchestra_server.engine import expression_types, soundness
+from orchestra_server.engine.conditions import (
+    Expression,
+    ExpressionError,
+    compile_expression,
+    evaluate_condition,
+    evaluate_time,
+)
+from orchestra_server.engine.document import read_document
+from orchestra_server.engine.durations import Duration, DurationError, format_duration, parse_duration
 from orchestra_server.engine.model import Definition, Flow, Join, Node, NodeType, Split, Timeout
 from orchestra_server.engine.plan import plan_for
 from orchestra_server.errors import DefinitionInvalid
@@ -35,8 +60,16 @@ _TYPE_FIELDS: Mapping[NodeType, tuple[str, ...]] = {
     NodeType.TIMER: ("after", "until"),
     NodeType.GATEWAY: ("gateway",),
 }
-_FLOW_FIELDS = ("from", "to", "when")
+_FLOW_FIELDS = ("from", "to", "when", "default")
 _TIMEOUT_FIELDS = ("after", "to")
+# What each kind of expression must be able to give, and how a message names it.
+_WANTED: Mapping[str, tuple[frozenset[expression_types.Kind], str]] = {
+    "when": (frozenset({expression_types.Kind.BOOL}), "a boolean"),
+    "until": (
+        frozenset({expression_types.Kind.STRING, expression_types.Kind.TIMESTAMP}),
+        "a time (an RFC 3339 string or a timestamp)",
+    ),
+}
 _GATEWAYS: Mapping[str, tuple[Join, Split]] = {
     "exclusive": (Join.IMMEDIATE, Split.FIRST),
     "parallel": (Join.WAIT_ALL, Split.ALL),
@@ -44,22 +77,14 @@ _GATEWAYS: Mapping[str, tuple[Join, Split]] = {
 }
 
 
-def parse(data: Mapping[str, Any], *, source: str) -> Definition:
-    """Validate raw content; raise DefinitionInvalid listing every problem, each naming `source`."""
-    return _Reader(source).read(data)
+def parse(data: object, *, source: str, strict: bool = True) -> Definition:
+    """Validate plain data; raise DefinitionInvalid listing every problem, each naming `source`."""
+    return _Reader(source, strict).read(data)
 
 
-def load_file(path: str | PathLike[str]) -> Definition:
-    """Read and validate one definition file, YAML or JSON (JSON is YAML to the loader)."""
-    source = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DefinitionInvalid([f"{source}: not UTF-8 text"]) from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        first = " ".join(str(exc).split())[:200]
-        raise DefinitionInvalid([f"{source}: not valid YAML or JSON: {first}"]) from None
-    return parse(data, source=source)
+def load(content: bytes | str, *, source: str, strict: bool = True) -> Definition:
+    """Read and validate one definition document, YAML or JSON; `source` names it in every problem."""
+    return parse(read_document(content, source=source), source=source, strict=strict)
 
 
 def to_data(definition: Definition) -> dict[str, Any]:
@@ -85,9 +110,11 @@ def to_data(definition: Definition) -> dict[str, Any]:
     flows: list[dict[str, Any]] = []
     for flow in definition.flows:
         if not flow.timeout:
-            item = {"from": flow.source, "to": flow.target}
+            item: dict[str, Any] = {"from": flow.source, "to": flow.target}
             if flow.when is not None:
                 item["when"] = flow.when
+            if flow.default:
+                item["default"] = True
             flows.append(item)
     data: dict[str, Any] = {"id": definition.id, "nodes": nodes, "flows": flows}
     if definition.label is not None:
@@ -95,19 +122,14 @@ def to_data(definition: Definition) -> dict[str, Any]:
     return data
 
 
-def canonical_content(definition_or_data: Definition | Mapping[str, Any]) -> str:
-    """Compact JSON with sorted keys; equal text means identical content.
-
-    A Definition is written in its normal form (so `gateway: exclusive` and the equivalent
-    explicit split/join compare equal); a raw mapping is written as given.
-    """
-    data = to_data(definition_or_data) if isinstance(definition_or_data, Definition) else definition_or_data
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+def canonical_content(definition: Definition) -> str:
+    """The normal form as compact JSON with sorted keys: equal text means the same definition."""
+    return json.dumps(to_data(definition), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def content_hash(definition_or_data: Definition | Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of `canonical_content`."""
-    return hashlib.sha256(canonical_content(definition_or_data).encode("utf-8")).hexdigest()
+def content_hash(definition: Definition) -> str:
+    """SHA-256 (hex) of `canonical_content`: what tells one version from the next."""
+    return hashlib.sha256(canonical_content(definition).encode("utf-8")).hexdigest()
 
 
 def _show(value: object) -> str:
@@ -124,9 +146,12 @@ def _is_sequence(value: object) -> bool:
 class _Reader:
     """One validation run: collects problems instead of stopping at the first."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, strict: bool) -> None:
         self.source = source
+        self.strict = strict
         self.problems: list[str] = []
+        # Conditions without variables, by text, and their value.
+        self.constants: dict[str, bool] = {}
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{self.source}: {where}{message}")
@@ -163,6 +188,11 @@ class _Reader:
         self.graph(known, nodes, outgoing, incoming, flows_sound)
         if flows_sound and len(starts) == 1:
             self.reachability(starts[0], known, outgoing)
+        if self.strict and not self.problems:
+            found = soundness.routing_problems(nodes, outgoing, self.constant)
+            found += soundness.join_problems(nodes, outgoing, incoming)
+            for where, message in found:
+                self.problem(where, message)
         if self.problems or definition_id is None:
             self.fail()
         definition = Definition(
@@ -314,7 +344,7 @@ class _Reader:
         self.problem(where, f"{key} {_show(value)}: expected one of {', '.join(m.value for m in enum)}")
         return None
 
-    def duration(self, value: object, where: str, what: str) -> Any:
+    def duration(self, value: object, where: str, what: str) -> Duration | None:
         if not isinstance(value, str):
             self.problem(where, f"{what} must be a duration string such as PT1H, not {_show(value)}")
             return None
@@ -328,11 +358,38 @@ class _Reader:
         if not isinstance(value, str):
             self.problem(where, f"{what} must be a CEL expression string, not {_show(value)}")
             return None
-        error = compile_expression(value).error
-        if error is not None:
-            self.problem(where, f"{what} {_show(value)} does not compile: {error}")
+        compiled = compile_expression(value)
+        if compiled.error is not None:
+            self.problem(where, f"{what} {_show(value)} does not compile: {compiled.error}")
             return None
+        if self.strict:
+            self.check_type(compiled, where, what)
         return value
+
+    def check_type(self, compiled: Expression, where: str, what: str) -> None:
+        """Refuse what the text shows cannot work; a variable-free expression is run once to know."""
+        kinds = expression_types.result_kinds(compiled.source)
+        wanted, needed = _WANTED[what]
+        if not kinds & wanted:
+            self.problem(
+                where,
+                f"{what} {_show(compiled.source)} cannot give {needed}: "
+                f"it gives {expression_types.describe(kinds)}",
+            )
+            return
+        if compiled.names:
+            return
+        try:
+            if what == "when":
+                self.constants[compiled.source] = evaluate_condition(compiled, {})
+            else:
+                evaluate_time(compiled, {})
+        except ExpressionError as exc:
+            self.problem(where, f"{what} {_show(compiled.source)} fails whenever it runs: {exc}")
+
+    def constant(self, flow: Flow) -> bool | None:
+        """A flow condition's value when it has no variables; None when it depends on them."""
+        return self.constants.get(flow.when) if flow.when is not None else None
 
     def timeout(self, raw: object, where: str) -> Timeout | None:
         if not isinstance(raw, Mapping):
@@ -377,7 +434,7 @@ class _Reader:
             before = len(self.problems)
             for key in item:
                 if key not in _FLOW_FIELDS:
-                    self.problem(where, f"unknown field {_show(key)} (expected from, to, when)")
+                    self.problem(where, f"unknown field {_show(key)} (expected from, to, when, default)")
             for end, value in (("source", source), ("target", target)):
                 field_name = "from" if end == "source" else "to"
                 if value is None:
@@ -387,12 +444,19 @@ class _Reader:
                 elif value not in known:
                     self.problem(where, f"{end} node {_show(value)} does not exist")
             when = self.expression(item["when"], where, "when") if "when" in item else None
+            default = item.get("default", False)
+            if not isinstance(default, bool):
+                self.problem(where, f"default must be true or false, not {_show(default)}")
+            elif default and "when" in item:
+                self.problem(
+                    where, "a default flow may not have a condition: it is taken when no other flow is"
+                )
             if len(self.problems) > before:
                 sound = False
                 continue
             assert isinstance(source, str)
             assert isinstance(target, str)
-            flows.append(Flow(len(flows), source, target, when))
+            flows.append(Flow(len(flows), source, target, when, default=default is True))
         return flows, sound
 
     def graph(

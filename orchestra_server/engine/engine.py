@@ -26,8 +26,12 @@ Processing. Tokens on the move are handled first in, first out. Arriving at a no
 
 Routing out takes the node's declared flows whose condition holds (no condition always holds):
 all of them with `split: all`, the first with `split: first`; one new token per flow taken.
-When none holds, or a condition fails to evaluate, the token becomes an INCIDENT at the node
-and the rest of the instance carries on.
+A flow marked `default` is not among them wherever it is listed: it is taken alone, and only
+when no other flow is (BPMN's default flow). When nothing is taken, or a condition fails to
+evaluate, the token becomes an INCIDENT at the node and the rest of the instance carries on.
+
+Due times: a timer's `after` and a wait's timeout are added to `now` in UTC, calendar months
+and years first (see `durations.Duration.after`).
 
 Each call may make at most `step_limit` automatic moves (arrivals and inclusive-join firings).
 Past that, every token still on the move becomes an INCIDENT with `STEP_LIMIT_MESSAGE`, so a
@@ -45,9 +49,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from orchestra_server.engine.conditions import ExpressionError, evaluate_condition, evaluate_time
+from orchestra_server.engine.durations import Duration
 from orchestra_server.engine.model import (
     Definition,
     Event,
@@ -387,15 +392,20 @@ class _Run:
     def route_out(self, moving: _Moving) -> None:
         plan = self.plan.nodes[moving.node_id]
         taken = []
+        default = None
         try:
             for flow, condition in plan.routes:
-                if condition is None or evaluate_condition(condition, self.variables):
+                if flow.default:
+                    default = flow
+                elif condition is None or evaluate_condition(condition, self.variables):
                     taken.append(flow)
                     if plan.node.split is Split.FIRST:
                         break
         except ExpressionError as exc:
             self.incident(moving, str(exc), moving.due_at)
             return
+        if not taken and default is not None:
+            taken.append(default)
         if not taken:
             message = f"no outgoing flow of node {plan.node.id!r} has a condition that holds"
             self.incident(moving, message, moving.due_at)
@@ -412,10 +422,10 @@ class _Run:
             )
         )
 
-    def later(self, duration: timedelta) -> datetime | None:
+    def later(self, duration: Duration) -> datetime | None:
         try:
-            return self.now + duration
-        except OverflowError:
+            return duration.after(self.now)
+        except (OverflowError, ValueError):
             return None
 
     def finish(self) -> Step:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from orchestra_server.engine.durations import Duration
 
 # A JSON value as Python holds it: None, bool, int, float, str, list, dict.
 Json = Any
@@ -60,13 +62,15 @@ class Flow:
     when: str | None = None
     # True for the implicit flow a wait node's timeout routes along.
     timeout: bool = False
+    # The default flow (never conditioned) is taken only when no other flow of its node is.
+    default: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Timeout:
     """A wait node's timeout: unsignalled after `after`, the token moves to `to`."""
 
-    after: timedelta
+    after: Duration
     to: str
 
 
@@ -80,7 +84,7 @@ class Node:
     # For Join.THRESHOLD: how many distinct incoming flows must be filled.
     threshold: int | None = None
     # Timer nodes: exactly one of `after` and `until` (a CEL expression giving an RFC 3339 time).
-    after: timedelta | None = None
+    after: Duration | None = None
     until: str | None = None
     # Wait nodes only.
     timeout: Timeout | None = None

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from orchestra_server.engine.definition import parse
+from orchestra_server.engine.definition import canonical_content, content_hash, load, parse
+from orchestra_server.engine.document import MAX_DOCUMENT_BYTES
 from orchestra_server.engine.model import Definition
 from orchestra_server.errors import DefinitionInvalid, InvalidArgument
 from orchestra_server.storage import repository as repo
@@ -20,13 +17,12 @@ from orchestra_server.storage.database import Database
 from orchestra_server.storage.schema import SHARED_TENANT_KEY
 from orchestra_server.storage.tenancy import tenant_exists
 
-MAX_DEFINITION_FILE_BYTES = 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class LoadedDefinition:
     source: str
     definition: Definition
+    # The canonical form: what is stored, and what its hash versions.
     content: str
     content_hash: str
 
@@ -40,30 +36,24 @@ class DeployResult:
     source: str
 
 
-def canonical_content(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def parse_stored(content: str) -> Definition:
-    return parse(json.loads(content), source="stored definition")
+    """A stored version, as accepted when it was deployed (earlier versions checked less, so not strictly)."""
+    return parse(json.loads(content), source="stored definition", strict=False)
 
 
 def load_definition_file(path: Path) -> LoadedDefinition:
     """Reads and validates one YAML or JSON definition file; DefinitionInvalid names the file."""
     source = str(path)
     try:
-        if path.stat().st_size > MAX_DEFINITION_FILE_BYTES:
-            raise DefinitionInvalid([f"{source}: larger than {MAX_DEFINITION_FILE_BYTES} bytes"])
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise DefinitionInvalid([f"{source}: not a regular file"])
+        with path.open("rb") as stream:
+            # One byte more than allowed is enough to know the file is too large.
+            content = stream.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
-        raise DefinitionInvalid([f"{source}: cannot be read ({exc.strerror})"]) from exc
-    except UnicodeDecodeError as exc:
-        raise DefinitionInvalid([f"{source}: not UTF-8 text"]) from exc
-    except yaml.YAMLError as exc:
-        raise DefinitionInvalid([f"{source}: not valid YAML or JSON ({_first_line(exc)})"]) from exc
-    definition = parse(data, source=source)
-    content = canonical_content(data)
-    return LoadedDefinition(source, definition, content, hashlib.sha256(content.encode()).hexdigest())
+        raise DefinitionInvalid([f"{source}: cannot be read ({exc.strerror or exc})"]) from None
+    definition = load(content, source=source)
+    return LoadedDefinition(source, definition, canonical_content(definition), content_hash(definition))
 
 
 def load_definition_files(paths: Sequence[Path]) -> list[LoadedDefinition]:
@@ -104,7 +94,7 @@ class DefinitionService:
             now = self._clock()
             for item in loaded:
                 latest = repo.latest_definition_version(conn, tenant_key, item.definition.id)
-                if latest is not None and latest.content_hash == item.content_hash:
+                if latest is not None and _same_definition(latest, item):
                     results.append(
                         DeployResult(item.definition.id, tenant, latest.version, False, item.source)
                     )
@@ -137,5 +127,12 @@ class DefinitionService:
             return repo.list_definitions(conn, tenant)
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _same_definition(stored: repo.StoredDefinition, item: LoadedDefinition) -> bool:
+    """Whether a deploy changes nothing: same hash, or (for a version stored before definitions were
+    stored in canonical form) the same canonical form once read."""
+    if stored.content_hash == item.content_hash:
+        return True
+    try:
+        return canonical_content(parse_stored(stored.content)) == item.content
+    except (DefinitionInvalid, ValueError):
+        return False

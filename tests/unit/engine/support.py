@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,8 +26,16 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
-def define(text: str, *, source: str = "test.yaml") -> Definition:
-    return definitions.parse(yaml.safe_load(textwrap.dedent(text)), source=source)
+def define(text: str, *, source: str = "test.yaml", strict: bool = False) -> Definition:
+    """A definition from YAML text. Not strict by default: the engine must run whatever it may be
+    handed, including definitions that earlier versions accepted and deploy now refuses (a flow
+    never taken, a join that never fires), which are read back from storage the same way."""
+    return definitions.parse(yaml.safe_load(textwrap.dedent(text)), source=source, strict=strict)
+
+
+def load_file(path: Path) -> Definition:
+    """A definition file, read as the service reads one (the engine itself takes text)."""
+    return definitions.load(path.read_bytes(), source=str(path))
 
 
 class Driver:

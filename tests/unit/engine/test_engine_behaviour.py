@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestra_server.engine import engine, load_file
+from orchestra_server.engine import engine
 from orchestra_server.engine.model import EventKind, InstanceStatus, Token, TokenStatus
 from orchestra_server.errors import TokenNotParked
-from tests.unit.engine.support import HOUR, NOW, Driver, define
+from tests.unit.engine.support import HOUR, NOW, Driver, define, load_file
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
