@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -11,9 +12,20 @@ from orchestra_server.storage.repository import dump_json
 
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_VARIABLE_BYTES = 1024 * 1024  # one value, as compact JSON
-MAX_START_VARIABLES_BYTES = 1024 * 1024  # all initial variables of one start together
+MAX_START_VARIABLES_BYTES = 1024 * 1024  # the values of one start's initial variables together
+# All of one instance's variables together, measured as the compact JSON object getVariables
+# answers ({"name":value,...}); every write that would make it larger is refused.
+MAX_INSTANCE_VARIABLES_BYTES = 2 * 1024 * 1024
+# The largest REST request body the edge passes on (413 beyond); the service decodes anything
+# the edge admits, so an oversized value gets the service's own 400.
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
 MAX_VARIABLES_PER_START = 1000
+# Depth of a JSON value: a scalar, [] and {} are depth 1; a non-empty array or object is one
+# more than its deepest member. So [[1]] and [[[]]] are both depth 3.
 MAX_JSON_DEPTH = 32
+# Numbers travel as IEEE doubles: past 2^53 - 1 an integer cannot be exact (2^53 + 1 arrives as
+# 2^53), so integral numbers of larger magnitude are refused rather than silently rounded.
+MAX_EXACT_INTEGER = 2**53 - 1
 MAX_ID_LENGTH = 64
 MACHINE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 DEFAULT_PAGE_SIZE = 100
@@ -31,7 +43,8 @@ def check_variable_name(name: str) -> None:
         )
 
 
-def _depth(value: Json) -> int:
+def json_depth(value: Json) -> int:
+    """The depth defined above; stops counting once past the limit."""
     # Iterative, so hostile nesting cannot exhaust the interpreter stack.
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -46,31 +59,70 @@ def _depth(value: Json) -> int:
     return deepest
 
 
-def encode_value(value: Json, *, limit: int = MAX_VARIABLE_BYTES) -> str:
-    """The stored JSON text of a variable value, or LimitExceeded / InvalidArgument."""
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise LimitExceeded(f"variable value is nested deeper than {MAX_JSON_DEPTH} levels")
+def is_exact_number(number: int | float) -> bool:
+    """False for an integral number too large to survive a trip through an IEEE double."""
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        return True  # a fraction is as exact as a double can be; NaN and infinities are refused as not JSON
+    return abs(number) <= MAX_EXACT_INTEGER
+
+
+def _check_value(name: str, value: Json) -> None:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise LimitExceeded(f"variable {name} is nested deeper than {MAX_JSON_DEPTH} levels")
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool) and not is_exact_number(item):
+            raise LimitExceeded(
+                f"variable {name} holds an integer beyond +/-{MAX_EXACT_INTEGER} (2^53 - 1), "
+                "which a JSON number cannot carry exactly; send it as a string"
+            )
+
+
+def encode_value(name: str, value: Json) -> str:
+    """The stored JSON text of the value of variable `name` (already checked), or LimitExceeded / InvalidArgument."""
+    _check_value(name, value)
     try:
         text = dump_json(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument("variable value is not JSON") from exc
-    if len(text.encode()) > limit:
-        raise LimitExceeded(f"variable value is larger than {limit} bytes")
+        size = len(text.encode())
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) included
+        raise InvalidArgument(f"variable {name} is not JSON") from exc
+    if size > MAX_VARIABLE_BYTES:
+        raise LimitExceeded(f"variable {name} is larger than {MAX_VARIABLE_BYTES} bytes as JSON")
     return text
 
 
 def encode_variables(variables: dict[str, Json]) -> dict[str, str]:
+    """The stored JSON texts of one start's initial variables, within every limit that applies."""
     if len(variables) > MAX_VARIABLES_PER_START:
         raise LimitExceeded(f"more than {MAX_VARIABLES_PER_START} variables")
     encoded: dict[str, str] = {}
-    total = 0
     for name, value in variables.items():
         check_variable_name(name)
-        encoded[name] = encode_value(value)
-        total += len(encoded[name])
-    if total > MAX_START_VARIABLES_BYTES:
+        encoded[name] = encode_value(name, value)
+    if sum(len(text.encode()) for text in encoded.values()) > MAX_START_VARIABLES_BYTES:
         raise LimitExceeded(f"variables are larger than {MAX_START_VARIABLES_BYTES} bytes together")
+    check_instance_variables(len(encoded), sum(len(name) + len(text.encode()) for name, text in encoded.items()))
     return encoded
+
+
+def variables_json_bytes(count: int, names_and_values: int) -> int:
+    """Bytes of the compact JSON object {"name":value,...} of `count` variables whose names and
+    values take `names_and_values` bytes together."""
+    # Each entry adds `"`, `":` and, between entries, `,`; the object adds `{` and `}`.
+    return 2 + names_and_values + 3 * count + max(count - 1, 0)
+
+
+def check_instance_variables(count: int, names_and_values: int) -> None:
+    """Refuses a write after which one instance's variables would exceed their published total."""
+    if variables_json_bytes(count, names_and_values) > MAX_INSTANCE_VARIABLES_BYTES:
+        raise LimitExceeded(
+            f"the variables of one instance are limited to {MAX_INSTANCE_VARIABLES_BYTES} bytes together as JSON"
+        )
 
 
 def is_plausible_id(value: str) -> bool:

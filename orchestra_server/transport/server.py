@@ -18,7 +18,9 @@ from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
 from orchestra_server.bootstrap import Application
 from orchestra_server.observability.interceptor import ObservabilityInterceptor, recording_caller
+from orchestra_server.transport.decoding import RequestDecodingInterceptor
 from orchestra_server.transport.guard import GuardInterceptor
+from orchestra_server.transport.message_sizes import MAX_REQUEST_MESSAGE_BYTES, MAX_RESPONSE_MESSAGE_BYTES
 from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
 
 SERVICE_NAMES = (
@@ -35,7 +37,9 @@ class ServerOptions:
     max_workers: int = 16
     # Calls admitted at once before new ones are refused with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 256
-    max_receive_bytes: int = 4 * 1024 * 1024
+    # Sized from the published limits (see message_sizes): every valid request and answer fits.
+    max_receive_bytes: int = MAX_REQUEST_MESSAGE_BYTES
+    max_send_bytes: int = MAX_RESPONSE_MESSAGE_BYTES
     grace_seconds: float = 10.0
 
 
@@ -46,14 +50,17 @@ def create_server(
     options = options or ServerOptions()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
-        # Observability first: it must also see the calls the guard refuses.
+        # Observability first: it must also see the calls the guard refuses. Decoding last:
+        # the decoder it wraps is the one every outer handler passes on.
         interceptors=[
             ObservabilityInterceptor(app.metrics),
             GuardInterceptor(recording_caller(app.authenticate), app.clock),
+            RequestDecodingInterceptor(),
         ],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", options.max_receive_bytes),
+            ("grpc.max_send_message_length", options.max_send_bytes),
             ("grpc.so_reuseport", 1),
         ],
     )
