@@ -7,7 +7,7 @@ Protobuf (gRPC). A JSON value travels as google.protobuf.Value; per byte of comp
 the worst case is a number inside an array: at least 2 JSON bytes (one digit and the
 separating comma) become 11 protobuf bytes (the ListValue entry's tag and length, the
 Value's tag and an 8-byte double). Every other shape costs less per JSON byte: an object
-member `"":0,` takes 5 JSON bytes for 15 (tag, length, key tag, key length, Value tag,
+member `"":0,` takes 5 JSON bytes for at most 15 (tag, length, key tag, key length, Value tag,
 length, 9-byte Value), `[],` or `{},` 3 for 4, `"",` 3 for 4 and each further character
 as much in both, true/false/null more in JSON; wrapping a container in another costs 2
 JSON bytes for two tags and two length prefixes. So 11/2 is the factor, up to a constant
@@ -15,13 +15,14 @@ per message (the envelope: ids, names, map entries, longer length prefixes), and
 small numbers reach it.
 
 REST (the edge's transcoder). It prints what it received with the same text as stored,
-except that it escapes `<`, `>` and DEL (one byte each), C1 controls (two bytes), U+2028,
-U+2029 and U+FEFF (three bytes) as six-byte `\\uXXXX`, and prints some doubles with more
+except that it escapes some characters as `\\uXXXX`: `<`, `>` and DEL (one byte each) and
+C1 controls and format characters (two or three bytes) take six bytes, and astral format
+characters (four bytes) twelve, as a surrogate pair; and it prints some doubles with more
 digits (the denormal `5e-324` as `4.94065645841247e-324`: 7 bytes in an array become 22).
 So 6 is the factor, reached by strings of `<`.
 
-tests/unit/test_message_sizes.py checks both factors against real serialisation of the
-worst-case shapes.
+tests/unit/test_message_sizes.py checks the protobuf factor against real serialisation of
+the worst-case shapes, tests/contract/test_value_limits.py the REST one against the edge.
 """
 
 from __future__ import annotations
