@@ -350,6 +350,17 @@ def _method_paths() -> list[tuple[str, bool, bool]]:
     ]
 
 
+def _send(
+    channel: grpc.Channel, path: str, request_streaming: bool, response_streaming: bool, md: Any
+) -> None:
+    if request_streaming and response_streaming:
+        list(channel.stream_stream(path)(iter([UNDECODABLE]), metadata=md, timeout=10))
+    elif response_streaming:
+        list(channel.unary_stream(path)(UNDECODABLE, metadata=md, timeout=10))
+    else:
+        channel.unary_unary(path)(UNDECODABLE, metadata=md, timeout=10)
+
+
 def test_every_method_answers_an_undecodable_request_with_invalid_argument(stack: Stack) -> None:
     token, _ = stack.token()
     paths = _method_paths()
@@ -357,13 +368,7 @@ def test_every_method_answers_an_undecodable_request_with_invalid_argument(stack
     for path, request_streaming, response_streaming in paths:
         md = bearer(token)
         with pytest.raises(grpc.RpcError) as caught:
-            if request_streaming and response_streaming:
-                call = stack.channel.stream_stream(path)
-                list(call(iter([UNDECODABLE]), metadata=md, timeout=10))
-            elif response_streaming:
-                list(stack.channel.unary_stream(path)(UNDECODABLE, metadata=md, timeout=10))
-            else:
-                stack.channel.unary_unary(path)(UNDECODABLE, metadata=md, timeout=10)
+            _send(stack.channel, path, request_streaming, response_streaming, md)
         error = caught.value
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (path, error.code(), error.details())
         assert error.details().startswith("request could not be decoded"), path
@@ -429,8 +434,8 @@ def test_integers_beyond_2_to_the_53_are_invalid_argument_naming_the_variable(st
             bad_start = pb.StartProcessRequest(definition_id="three_step")
             values.to_proto(value, bad_start.variables["amount"])
             for call in (
-                lambda: stack.stub.SetVariable(bad_set, metadata=md),
-                lambda: stack.stub.StartProcess(bad_start, metadata=md),
+                lambda bad_set=bad_set: stack.stub.SetVariable(bad_set, metadata=md),
+                lambda bad_start=bad_start: stack.stub.StartProcess(bad_start, metadata=md),
             ):
                 code, message, trailers = failure(call)
                 assert (code, trailers["x-http-status"]) == (grpc.StatusCode.INVALID_ARGUMENT, "400")

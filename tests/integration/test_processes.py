@@ -10,9 +10,9 @@ import yaml
 from sqlalchemy import text
 
 from orchestra_server import errors
+from orchestra_server.service import limits
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
-from orchestra_server.service import limits
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage.database import Database
 from orchestra_server.storage.repository import dump_json

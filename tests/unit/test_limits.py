@@ -60,10 +60,14 @@ def test_numbers_a_double_carries_exactly_are_accepted(number: float) -> None:
         assert json.loads(limits.encode_value("n", value)) == value
 
 
-@pytest.mark.parametrize("number", [EXACT + 1, -(EXACT + 1), 2**53 + 1, 10**30, float(2**53), -1e300, 1.7e308])
+@pytest.mark.parametrize(
+    "number", [EXACT + 1, -(EXACT + 1), 2**53 + 1, 10**30, float(2**53), -1e300, 1.7e308]
+)
 def test_integers_beyond_2_to_the_53_are_refused_at_any_depth(number: float) -> None:
     for value in (number, [1, number], {"a": {"b": [number]}}, nested(limits.MAX_JSON_DEPTH, number)):
-        with pytest.raises(errors.LimitExceeded, match=r"variable amount holds an integer beyond \+/-9007199254740991"):
+        with pytest.raises(
+            errors.LimitExceeded, match=r"variable amount holds an integer beyond \+/-9007199254740991"
+        ):
             limits.encode_value("amount", value)
     with pytest.raises(errors.LimitExceeded, match="variable amount"):
         limits.encode_variables({"ok": 1, "amount": {"x": number}})

@@ -102,7 +102,11 @@ def test_an_instance_at_its_total_fits_the_response_limit(shape: str) -> None:
     while (room := limits.MAX_INSTANCE_VARIABLES_BYTES - json_size(variables) - 8) > 16:
         name = f"v{len(variables)}"
         variables[name] = WORST_SHAPES[shape](min(room, limits.MAX_VARIABLE_BYTES))
-    assert limits.MAX_INSTANCE_VARIABLES_BYTES * 0.99 < json_size(variables) <= limits.MAX_INSTANCE_VARIABLES_BYTES
+    assert (
+        limits.MAX_INSTANCE_VARIABLES_BYTES * 0.99
+        < json_size(variables)
+        <= limits.MAX_INSTANCE_VARIABLES_BYTES
+    )
     for name, value in variables.items():
         as_proto(value, response.variables[name])
     assert len(response.SerializeToString()) <= message_sizes.MAX_RESPONSE_MESSAGE_BYTES
