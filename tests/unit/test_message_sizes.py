@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -145,3 +147,11 @@ def test_the_limits_are_derived_from_the_published_ones() -> None:
     assert message_sizes.MAX_REST_RESPONSE_BYTES == (
         limits.MAX_INSTANCE_VARIABLES_BYTES * 6 + message_sizes.ENVELOPE_BYTES
     )
+
+
+def test_the_node_client_allows_the_same_message_sizes() -> None:
+    source = (Path(__file__).resolve().parents[2] / "clients" / "node" / "orchestra-client.js").read_text()
+    found = re.search(r"const MAX_MESSAGE_BYTES = ([0-9_]+);", source)
+    assert found is not None
+    largest = max(message_sizes.MAX_REQUEST_MESSAGE_BYTES, message_sizes.MAX_RESPONSE_MESSAGE_BYTES)
+    assert int(found.group(1).replace("_", "")) == largest
