@@ -47,7 +47,7 @@ def _scan(value: Json) -> tuple[int, bool]:
     """The value's depth as defined above (counting stops past the limit), and whether it
     holds an integral number beyond MAX_EXACT_INTEGER."""
     # Level by level without recursion, so hostile nesting cannot exhaust the interpreter
-    # stack, and with the common exact types first: a 1 MiB array takes milliseconds.
+    # stack, and with the common exact types first: a 1 MiB array takes a fraction of a second.
     depth, level, inexact = 0, [value], False
     while level and depth <= MAX_JSON_DEPTH:
         depth += 1
