@@ -25,6 +25,14 @@ const protoLoader = require('@grpc/proto-loader');
 
 const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', 'proto');
 const DEFAULT_DEADLINE_MS = 30_000;
+// The largest message either way: the service's published variable limits times the
+// growth of JSON into protobuf (orchestra_server/wire/message_sizes.py), well past
+// grpc-js's default 4 MiB receive limit.
+const MAX_MESSAGE_BYTES = 11_599_872;
+const CHANNEL_OPTIONS = {
+  'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+  'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+};
 // A token this close to its expiry is renewed before the next call.
 const REFRESH_MARGIN_MS = 30_000;
 const PROTO_FILES = ['orchestra/v1/orchestra_service.proto', 'orchestra/v1/auth_service.proto'];
@@ -158,7 +166,7 @@ class OrchestraClient {
   constructor(target, options = {}) {
     const pkg = loadPackage(options.protoDir);
     const credentials = options.credentials || grpc.credentials.createInsecure();
-    this.orchestra = new pkg.orchestra.v1.OrchestraService(target, credentials);
+    this.orchestra = new pkg.orchestra.v1.OrchestraService(target, credentials, CHANNEL_OPTIONS);
     // The auth stub shares the channel of the service stub.
     this.auth = new pkg.orchestra.v1.AuthService(target, credentials, {
       channelOverride: this.orchestra.getChannel(),

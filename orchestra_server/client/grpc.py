@@ -25,6 +25,7 @@ from orchestra_server.client.credentials import TokenCache, token_request_body
 from orchestra_server.errors import Unauthenticated
 from orchestra_server.wire import values
 from orchestra_server.wire.json_text import Json
+from orchestra_server.wire.message_sizes import CLIENT_MESSAGE_OPTIONS
 
 R = TypeVar("R", bound=Message)
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -40,7 +41,8 @@ class GrpcOrchestraClient:
         channel: grpc.Channel | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+        # A channel passed in must allow the same message sizes (message_sizes.CLIENT_MESSAGE_OPTIONS).
+        self._channel = channel or grpc.insecure_channel(target, options=CLIENT_MESSAGE_OPTIONS)
         self._owns_channel = channel is None
         self._stub = pb_grpc.OrchestraServiceStub(self._channel)
         self._auth = auth_grpc.AuthServiceStub(self._channel)

@@ -24,13 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from orchestra_server.wire import limits
+from orchestra_server.wire.message_sizes import MAX_REST_RESPONSE_BYTES, protobuf_bound
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_NAME = "edge.yaml.tmpl"
 LUA_NAME = "edge.lua"
 DEFAULT_DESCRIPTOR = REPO_ROOT / "gen" / "orchestra.pb"
 # The published request body limit. The service itself allows 1 MiB per
 # variable, so a body carrying one maximal variable still fits.
-DEFAULT_MAX_REQUEST_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = limits.MAX_REQUEST_BYTES
 # The edge refetches the JWKS at this period and not on an unknown key id, so
 # the key ring publishes a new key longer than this before signing with it
 # (twice: identity.keys.DEFAULT_PUBLISH_LEAD, 60 s).
@@ -196,6 +199,10 @@ def render_envoy_config(settings: EdgeSettings) -> str:
         jwks_uri=_q(jwks_uri),
         jwks_cache_duration=_q(f"{settings.jwks_cache_seconds}s"),
         max_request_bytes=settings.max_request_bytes,
+        # What the transcoder may hold: the protobuf an admitted body becomes, and the largest
+        # answer in either form; both are several times the JSON they carry.
+        max_request_message_bytes=protobuf_bound(settings.max_request_bytes),
+        max_response_bytes=MAX_REST_RESPONSE_BYTES,
         lua_source=_q(lua_source),
         tenant_rate_limit_filter=_rate_limit_filter(settings.tenant_rate_limit),
     )

@@ -265,13 +265,15 @@ class ProcessService:
 
     def set_variable(self, caller: Caller, instance_id: str, name: str, value: Json) -> None:
         limits.check_variable_name(name)
-        text = limits.encode_value(value)
+        text = limits.encode_value(name, value)
         if not limits.is_plausible_id(instance_id):
             raise InstanceNotWritable()
         with self._db.writing() as conn:
             header = repo.find_instance(conn, caller.tenant_id, instance_id, lock=True)
             if header is None or header.status is not InstanceStatus.RUNNING:
                 raise InstanceNotWritable()
+            others, size = repo.other_variables_size(conn, header.seq, name)
+            limits.check_instance_variables(others + 1, size + len(name) + len(text.encode()))
             repo.upsert_variable(conn, header.seq, name, text)
             now = self._clock()
             repo.record_audit(

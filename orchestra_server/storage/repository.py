@@ -75,6 +75,14 @@ SQL_SET_STATUS = Sql("UPDATE instances SET status = :status, updated_at = :now W
 SQL_VARIABLES = Sql("SELECT name, value FROM variables WHERE instance_seq = :seq ORDER BY name")
 SQL_INSERT_VARIABLE = Sql("INSERT INTO variables (instance_seq, name, value) VALUES (:seq, :name, :value)")
 SQL_UPDATE_VARIABLE = Sql("UPDATE variables SET value = :value WHERE instance_seq = :seq AND name = :name")
+# Names are ASCII, so their length is their size; values are measured in UTF-8 bytes, for which
+# each database has its own spelling (SQLite before 3.43 has no octet_length).
+_OTHER_VARIABLES_SIZE = (
+    "SELECT COUNT(*), COALESCE(SUM(LENGTH(name) + {value_bytes}), 0) FROM variables"
+    " WHERE instance_seq = :seq AND name <> :name"
+)
+SQL_OTHER_VARIABLES_SIZE_SQLITE = Sql(_OTHER_VARIABLES_SIZE.format(value_bytes="LENGTH(CAST(value AS BLOB))"))
+SQL_OTHER_VARIABLES_SIZE_POSTGRES = Sql(_OTHER_VARIABLES_SIZE.format(value_bytes="OCTET_LENGTH(value)"))
 SQL_AUDIT = Sql(
     "INSERT INTO audit (at, tenant_id, actor, action, instance_id, detail)"
     " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)"
@@ -447,6 +455,13 @@ def insert_variables(conn: Connection, instance_seq: int, values: dict[str, str]
     if values:
         rows = [{"seq": instance_seq, "name": k, "value": v} for k, v in values.items()]
         execute_many(conn, SQL_INSERT_VARIABLE, rows)
+
+
+def other_variables_size(conn: Connection, instance_seq: int, name: str) -> tuple[int, int]:
+    """How many variables an instance holds besides `name`, and their names and values in bytes together."""
+    statement = SQL_OTHER_VARIABLES_SIZE_SQLITE if is_sqlite(conn) else SQL_OTHER_VARIABLES_SIZE_POSTGRES
+    count, size = _one(execute(conn, statement, {"seq": instance_seq, "name": name}))
+    return int(count), int(size)
 
 
 def upsert_variable(conn: Connection, instance_seq: int, name: str, value: str) -> None:

@@ -21,9 +21,11 @@ from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.interceptor import ObservabilityInterceptor, recording_caller
 from orchestra_server.observability.metrics import Metrics
 from orchestra_server.service.processes import ProcessService
+from orchestra_server.transport.decoding import RequestDecodingInterceptor
 from orchestra_server.transport.guard import Authenticates, GuardInterceptor
 from orchestra_server.transport.reflection import enable_reflection
 from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
+from orchestra_server.wire.message_sizes import MAX_REQUEST_MESSAGE_BYTES, MAX_RESPONSE_MESSAGE_BYTES
 
 SERVICE_NAMES = (
     orchestra_service_pb2.DESCRIPTOR.services_by_name["OrchestraService"].full_name,
@@ -55,7 +57,9 @@ class ServerOptions:
     max_workers: int = 16
     # Calls admitted at once before new ones are refused with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 256
-    max_receive_bytes: int = 4 * 1024 * 1024
+    # Sized from the published limits (see message_sizes): every valid request and answer fits.
+    max_receive_bytes: int = MAX_REQUEST_MESSAGE_BYTES
+    max_send_bytes: int = MAX_RESPONSE_MESSAGE_BYTES
     grace_seconds: float = 10.0
 
 
@@ -66,14 +70,17 @@ def create_server(
     options = options or ServerOptions()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
-        # Observability first: it must also see the calls the guard refuses.
+        # Observability first: it must also see the calls the guard refuses. Decoding last:
+        # the decoder it wraps is the one every outer handler passes on.
         interceptors=[
             ObservabilityInterceptor(deps.metrics),
             GuardInterceptor(recording_caller(deps.authenticate), deps.clock),
+            RequestDecodingInterceptor(),
         ],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", options.max_receive_bytes),
+            ("grpc.max_send_message_length", options.max_send_bytes),
             ("grpc.so_reuseport", 1),
         ],
     )

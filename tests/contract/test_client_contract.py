@@ -20,7 +20,10 @@ from orchestra_server.client import GrpcOrchestraClient, RestOrchestraClient
 from orchestra_server.client.contract import OrchestraClient
 from orchestra_server.edge import EnvoyProcess
 from orchestra_server.local_client import LocalOrchestraClient
+from orchestra_server.service.limits import MAX_VARIABLE_BYTES
 from orchestra_server.settings import Settings
+from orchestra_server.wire.json_text import dump_json
+from tests import deep_values
 from tests.contract.conftest import Cli, Service
 
 TRANSPORTS = ("local", "grpc", "rest")
@@ -166,6 +169,49 @@ def test_errors(client: OrchestraClient) -> None:
     client.signal_token(parked(client, instance_id)[0])
     with pytest.raises(errors.Unprocessable):
         client.set_variable(instance_id, "late", 1)
+
+
+def test_integers_beyond_2_to_the_53_are_refused_naming_the_variable(client: OrchestraClient) -> None:
+    exact = 2**53 - 1
+    held = {"n": [exact, -exact, 0.5, 1e-300], "m": {"x": exact}}
+    instance_id = client.start_process("three_step", held)
+    for number in (2**53, -(2**53), 2**53 + 1, 10**30, 1e300):
+        for value in (number, [1, {"deep": number}]):
+            with pytest.raises(
+                errors.InvalidArgument, match=r"variable big holds an integer beyond \+/-9007199254740991"
+            ):
+                client.set_variable(instance_id, "big", value)
+            with pytest.raises(errors.InvalidArgument, match="variable big holds an integer beyond"):
+                client.start_process("three_step", {"ok": 1, "big": value})
+    assert client.get_variables(instance_id) == held
+    assert [s.id for s in client.list_instances().instances] == [instance_id]
+
+
+@pytest.mark.parametrize("leaf", list(deep_values.LEAVES.values()), ids=list(deep_values.LEAVES))
+def test_nesting_limit_is_exact(client: OrchestraClient, leaf: Any) -> None:
+    deepest = deep_values.nested(32, leaf)
+    instance_id = client.start_process("three_step", {"deep": deepest})
+    client.set_variable(instance_id, "also", deepest)
+    assert client.get_variables(instance_id) == {"deep": deepest, "also": deepest}
+    for depth in (33, 34):
+        with pytest.raises(errors.InvalidArgument, match="deeper than 32 levels"):
+            client.set_variable(instance_id, "too_deep", deep_values.nested(depth, leaf))
+        with pytest.raises(errors.InvalidArgument, match="deeper than 32 levels"):
+            client.start_process("three_step", {"too_deep": deep_values.nested(depth, leaf)})
+    assert client.get_variables(instance_id) == {"deep": deepest, "also": deepest}
+    assert [s.id for s in client.list_instances().instances] == [instance_id]
+
+
+def test_a_value_at_its_limit_reads_back(client: OrchestraClient) -> None:
+    # The densest protobuf there is: 2 bytes of JSON per 11 on the wire.
+    at_limit = [0] * (MAX_VARIABLE_BYTES // 2 - 2) + [10]
+    assert len(dump_json(at_limit)) == MAX_VARIABLE_BYTES
+    instance_id = client.start_process("three_step", {"v": at_limit})
+    client.set_variable(instance_id, "w", at_limit[-1000:])
+    assert client.get_variables(instance_id) == {"v": at_limit, "w": at_limit[-1000:]}
+    with pytest.raises(errors.InvalidArgument, match="variable x is larger than 1048576 bytes"):
+        client.set_variable(instance_id, "x", [*at_limit[:-1], 100])
+    assert client.get_variables(instance_id) == {"v": at_limit, "w": at_limit[-1000:]}
 
 
 def test_listing_and_paging(client: OrchestraClient) -> None:

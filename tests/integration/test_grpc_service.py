@@ -24,6 +24,8 @@ from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 from orchestra_server.bootstrap import Application, build_application
 from orchestra_server.settings import Settings
 from orchestra_server.transport.server import create_server
+from orchestra_server.wire import values
+from tests import deep_values
 from tests.conftest import EXAMPLES, FakeClock
 
 
@@ -362,3 +364,126 @@ def test_ping_authenticates_like_every_call(stack: Stack) -> None:
     token, _ = stack.token("globex")
     answer = ping.Ping(diag_pb.PingRequest(), metadata=bearer(token))
     assert (answer.status, answer.tenant_id) == ("ok", "globex")
+
+
+# --- requests the decoder refuses, nesting and numbers -------------------------------------
+
+UNDECODABLE = b"\x0a\xff\xff\xff\xff\x0f"  # a field claiming more bytes than follow
+
+
+def _method_paths() -> list[tuple[str, bool, bool]]:
+    """Every method the server registers: (path, request streaming, response streaming)."""
+    from grpc_health.v1 import health_pb2 as health_descriptors
+    from grpc_reflection.v1alpha import reflection_pb2
+    from orchestra.v1 import diagnostics_service_pb2
+
+    files = (
+        pb.DESCRIPTOR,
+        auth_pb.DESCRIPTOR,
+        diagnostics_service_pb2.DESCRIPTOR,
+        health_descriptors.DESCRIPTOR,
+        reflection_pb2.DESCRIPTOR,
+    )
+    return [
+        (f"/{service.full_name}/{method.name}", method.client_streaming, method.server_streaming)
+        for file in files
+        for service in file.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+def _send(
+    channel: grpc.Channel, path: str, request_streaming: bool, response_streaming: bool, md: Any
+) -> None:
+    if request_streaming and response_streaming:
+        list(channel.stream_stream(path)(iter([UNDECODABLE]), metadata=md, timeout=10))
+    elif response_streaming:
+        list(channel.unary_stream(path)(UNDECODABLE, metadata=md, timeout=10))
+    else:
+        channel.unary_unary(path)(UNDECODABLE, metadata=md, timeout=10)
+
+
+def test_every_method_answers_an_undecodable_request_with_invalid_argument(stack: Stack) -> None:
+    token, _ = stack.token()
+    paths = _method_paths()
+    assert len(paths) >= 10
+    for path, request_streaming, response_streaming in paths:
+        md = bearer(token)
+        with pytest.raises(grpc.RpcError) as caught:
+            _send(stack.channel, path, request_streaming, response_streaming, md)
+        error = caught.value
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (path, error.code(), error.details())
+        assert error.details().startswith("request could not be decoded"), path
+        assert dict(error.trailing_metadata() or ())["x-http-status"] == "400", path
+
+
+def _raw_call(stack: Stack, method: str, body: bytes, md: Any) -> Any:
+    return stack.channel.unary_unary(f"/orchestra.v1.OrchestraService/{method}")(
+        body, metadata=md, timeout=30
+    )
+
+
+@pytest.mark.parametrize("leaf", list(deep_values.LEAVES.values()), ids=list(deep_values.LEAVES))
+def test_nesting_is_exact_and_any_depth_beyond_is_invalid_argument(stack: Stack, leaf: Any) -> None:
+    token, _ = stack.token()
+    md = bearer(token)
+    instance_id = stack.stub.StartProcess(
+        pb.StartProcessRequest(definition_id="three_step"), metadata=md
+    ).instance_id
+    set_request = pb.SetVariableRequest(instance_id=instance_id, name="deep").SerializeToString()
+    start_request = pb.StartProcessRequest(definition_id="three_step").SerializeToString()
+
+    def set_deep(depth: int) -> Any:
+        value = deep_values.nested_value_bytes(depth, leaf)
+        return _raw_call(stack, "SetVariable", deep_values.with_value_field(set_request, 3, value), md)
+
+    def start_deep(depth: int) -> Any:
+        entry = deep_values.map_entry("deep", deep_values.nested_value_bytes(depth, leaf))
+        return _raw_call(stack, "StartProcess", deep_values.with_value_field(start_request, 2, entry), md)
+
+    set_deep(32)
+    variables = stack.stub.GetVariables(pb.GetVariablesRequest(instance_id=instance_id), metadata=md)
+    assert values.map_to_python(variables.variables) == {"deep": deep_values.nested(32, leaf)}
+    started = pb.StartProcessResponse.FromString(start_deep(32))
+    variables = stack.stub.GetVariables(pb.GetVariablesRequest(instance_id=started.instance_id), metadata=md)
+    assert values.map_to_python(variables.variables) == {"deep": deep_values.nested(32, leaf)}
+    before = len(stack.stub.ListInstances(pb.ListInstancesRequest(), metadata=md).instances)
+    for depth in (33, 34, 50, 51, 100, 10_000):
+        for call in (set_deep, start_deep):
+            code, message, trailers = failure(lambda call=call, depth=depth: call(depth))
+            assert (code, trailers["x-http-status"]) == (grpc.StatusCode.INVALID_ARGUMENT, "400"), (
+                depth,
+                message,
+            )
+            assert "deeper than 32 levels" in message, (depth, message)
+    assert len(stack.stub.ListInstances(pb.ListInstancesRequest(), metadata=md).instances) == before
+    variables = stack.stub.GetVariables(pb.GetVariablesRequest(instance_id=instance_id), metadata=md)
+    assert values.map_to_python(variables.variables) == {"deep": deep_values.nested(32, leaf)}
+
+
+def test_integers_beyond_2_to_the_53_are_invalid_argument_naming_the_variable(stack: Stack) -> None:
+    token, _ = stack.token()
+    md = bearer(token)
+    exact = 2**53 - 1
+    request = pb.StartProcessRequest(definition_id="three_step")
+    values.to_proto({"n": [exact, -exact, 0.5]}, request.variables["v"])
+    instance_id = stack.stub.StartProcess(request, metadata=md).instance_id
+    for number in (2.0**53, -(2.0**53), 2.0**53 + 2, 1e300):
+        for value in (number, {"deep": [1, {"x": number}]}):
+            bad_set = pb.SetVariableRequest(
+                instance_id=instance_id, name="amount", value=values.to_proto(value)
+            )
+            bad_start = pb.StartProcessRequest(definition_id="three_step")
+            values.to_proto(value, bad_start.variables["amount"])
+            for call in (
+                lambda bad_set=bad_set: stack.stub.SetVariable(bad_set, metadata=md),
+                lambda bad_start=bad_start: stack.stub.StartProcess(bad_start, metadata=md),
+            ):
+                code, message, trailers = failure(call)
+                assert (code, trailers["x-http-status"]) == (grpc.StatusCode.INVALID_ARGUMENT, "400")
+                assert message.startswith("variable amount holds an integer beyond +/-9007199254740991"), (
+                    message
+                )
+    variables = stack.stub.GetVariables(pb.GetVariablesRequest(instance_id=instance_id), metadata=md)
+    assert values.map_to_python(variables.variables) == {"v": {"n": [exact, -exact, 0.5]}}
+    assert len(stack.stub.ListInstances(pb.ListInstancesRequest(), metadata=md).instances) == 1

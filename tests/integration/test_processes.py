@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from orchestra_server import errors
+from orchestra_server.service import limits
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage.database import Database
+from orchestra_server.wire.json_text import dump_json
 from tests.conftest import FakeClock
 
 ALICE = Caller("default", "alice-site")
@@ -74,6 +77,7 @@ class World:
         counter = itertools.count(1)
         self.tmp_path = tmp_path
         self.clock = clock
+        self.database = database
         self.processes = ProcessService(database, clock=clock, new_id=lambda: f"id-{next(counter):06d}")
         self.definitions = DefinitionService(database, clock=clock)
         self.directory = DirectoryService(database, clock=clock)
@@ -82,6 +86,10 @@ class World:
     def deploy(self, data: dict[str, object], tenant: str | None = None, name: str | None = None) -> int:
         [result] = self.definitions.deploy([write(self.tmp_path, data, name)], tenant=tenant)
         return result.version
+
+    def audit_count(self) -> int:
+        with self.database.engine.connect() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM audit")).scalar_one())
 
     def token_at(self, caller: Caller, instance_id: str, node: str) -> str:
         view = self.processes.get_instance(caller, instance_id)
@@ -251,6 +259,66 @@ def test_variables_round_trip_and_limits(world: World) -> None:
         world.processes.set_variable(ALICE, instance_id, "late", 1)
     with pytest.raises(errors.InstanceNotWritable):
         world.processes.set_variable(ALICE, "no-such-instance", "x", 1)
+
+
+def _string_of_json_size(size: int) -> str:
+    """A string of two-byte characters whose compact JSON takes exactly `size` bytes."""
+    text = "é" * ((size - 2) // 2) + "x" * (size % 2)
+    assert len(dump_json(text).encode()) == size
+    return text
+
+
+def test_the_instance_total_is_enforced_on_every_write(world: World) -> None:
+    world.deploy(THREE_STEP)
+    total = limits.MAX_INSTANCE_VARIABLES_BYTES
+    full = _string_of_json_size(limits.MAX_VARIABLE_BYTES)
+    instance_id = world.processes.start_process(ALICE, "three_step", {"a": full})
+    # {"a":<full>,"b":<rest>} is exactly the total: 2 + 4 + 1 + 4 bytes around the values.
+    rest = _string_of_json_size(total - limits.MAX_VARIABLE_BYTES - 11)
+    world.processes.set_variable(ALICE, instance_id, "b", "")
+    with pytest.raises(errors.LimitExceeded, match="2097152 bytes together"):
+        world.processes.set_variable(ALICE, instance_id, "b", rest + "x")
+    world.processes.set_variable(ALICE, instance_id, "b", rest)  # replacing counts the new value only
+    world.processes.set_variable(ALICE, instance_id, "b", rest)
+    stored = world.processes.get_variables(ALICE, instance_id)
+    assert stored == {"a": full, "b": rest}
+    assert len(dump_json(stored).encode()) == total
+    audit_rows = world.audit_count()
+    for name, value in (("c", 0), ("c", ""), ("b", rest + "x"), ("a", full + "x")):
+        with pytest.raises(errors.LimitExceeded):
+            world.processes.set_variable(ALICE, instance_id, name, value)
+    assert world.processes.get_variables(ALICE, instance_id) == stored
+    assert world.audit_count() == audit_rows
+    # Making room lets a new variable in.
+    world.processes.set_variable(ALICE, instance_id, "a", 1)
+    world.processes.set_variable(ALICE, instance_id, "c", 0)
+    assert world.processes.get_variables(ALICE, instance_id) == {"a": 1, "b": rest, "c": 0}
+
+
+def test_a_start_at_its_limits_is_stored_one_byte_more_is_not(world: World) -> None:
+    world.deploy(THREE_STEP)
+    half = _string_of_json_size(limits.MAX_START_VARIABLES_BYTES // 2)
+    instance_id = world.processes.start_process(ALICE, "three_step", {"a": half, "b": half})
+    assert world.processes.get_variables(ALICE, instance_id) == {"a": half, "b": half}
+    before = len(world.processes.list_instances(ALICE, page_size=1000).instances)
+    with pytest.raises(errors.LimitExceeded, match="together"):
+        world.processes.start_process(ALICE, "three_step", {"a": half, "b": half + "x"})
+    with pytest.raises(errors.LimitExceeded, match="variable big is larger than 1048576 bytes"):
+        world.processes.start_process(ALICE, "three_step", {"big": _string_of_json_size(2**20) + "x"})
+    assert len(world.processes.list_instances(ALICE, page_size=1000).instances) == before
+
+
+def test_integers_beyond_2_to_the_53_are_refused_and_nothing_is_stored(world: World) -> None:
+    world.deploy(THREE_STEP)
+    exact = 2**53 - 1
+    instance_id = world.processes.start_process(ALICE, "three_step", {"n": exact, "m": [-exact, 0.5]})
+    for value in (exact + 1, -(exact + 1), float(2**53), {"deep": [1, [2**60]]}):
+        with pytest.raises(errors.LimitExceeded, match="variable n holds an integer beyond"):
+            world.processes.set_variable(ALICE, instance_id, "n", value)
+        with pytest.raises(errors.LimitExceeded, match="variable n holds an integer beyond"):
+            world.processes.start_process(ALICE, "three_step", {"ok": 1, "n": value})
+    assert world.processes.get_variables(ALICE, instance_id) == {"m": [-exact, 0.5], "n": exact}
+    assert len(world.processes.list_instances(ALICE).instances) == 1
 
 
 def test_idempotent_start(world: World) -> None:

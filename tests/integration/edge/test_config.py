@@ -16,6 +16,7 @@ from orchestra_server.edge import (
     validate_config,
 )
 from orchestra_server.edge.config import LUA_NAME, edge_dir
+from orchestra_server.wire.message_sizes import MAX_REST_RESPONSE_BYTES, protobuf_bound
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,6 +64,9 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
         '"aud-x"',
         '"45s"',
         "max_request_bytes: 12345",
+        # The protobuf 12345 bytes of JSON can become, and the largest answer.
+        f"max_request_body_size: {protobuf_bound(12345)}",
+        f"max_response_body_size: {MAX_REST_RESPONSE_BYTES}",
         "port_value: 19901",
         "tokens_per_fill: 7",
         "max_tokens: 9",
