@@ -16,6 +16,7 @@ from orchestra_server.engine.model import (
     Event,
     EventKind,
     InstanceStatus,
+    Join,
     NodeType,
     Token,
     TokenStatus,
@@ -39,11 +40,13 @@ class Driver:
         *,
         now: datetime = NOW,
         step_limit: int = engine.STEP_LIMIT,
+        token_limit: int = engine.TOKEN_LIMIT,
     ) -> None:
         self.definition = definition
         self.variables: dict[str, Any] = dict(variables or {})
         self.now = now
         self.step_limit = step_limit
+        self.token_limit = token_limit
         self.tokens: dict[str, Token] = {}
         self.status: InstanceStatus | None = None
         self.events: list[Event] = []
@@ -64,6 +67,7 @@ class Driver:
             now=self.now,
             new_id=self.new_id,
             step_limit=self.step_limit,
+            token_limit=self.token_limit,
         )
         return self._apply(step)
 
@@ -77,6 +81,7 @@ class Driver:
             now=self.now,
             new_id=self.new_id,
             step_limit=self.step_limit,
+            token_limit=self.token_limit,
         )
         assert given == list(self.tokens.values()), "the engine altered its input"
         return self._apply(step)
@@ -93,6 +98,7 @@ class Driver:
             now=self.now,
             new_id=self.new_id,
             step_limit=self.step_limit,
+            token_limit=self.token_limit,
         )
         assert given == list(self.tokens.values()), "the engine altered its input"
         return self._apply(step)
@@ -101,7 +107,17 @@ class Driver:
 
     @property
     def live(self) -> list[Token]:
-        return sorted(self.tokens.values(), key=lambda t: t.ordinal)
+        """The live tokens as a caller sees them (threshold joins' markers are not tokens to a caller)."""
+        return sorted(
+            (t for t in self.tokens.values() if t.status is not TokenStatus.ABSORBING),
+            key=lambda t: t.ordinal,
+        )
+
+    @property
+    def markers(self) -> list[Token]:
+        return sorted(
+            (t for t in self.tokens.values() if t.status is TokenStatus.ABSORBING), key=lambda t: t.ordinal
+        )
 
     def at(self, node_id: str, status: TokenStatus | None = None) -> list[Token]:
         return [t for t in self.live if t.node_id == node_id and (status is None or t.status is status)]
@@ -135,7 +151,7 @@ class Driver:
         after.update({t.id: t for t in step.created})
         assert (step.status is InstanceStatus.COMPLETED) == (not after)
         assert step.status in (InstanceStatus.RUNNING, InstanceStatus.COMPLETED)
-        self._check_balance(step, len(before), len(after))
+        self._check_balance(step, _callers(before), _callers(after))
         self.ever_live.update(created_ids)
         self.tokens = after
         self.status = step.status
@@ -151,8 +167,15 @@ class Driver:
         elif token.status is TokenStatus.WAITING:
             assert token.arrived_by is not None
             assert self.definition.flows[token.arrived_by].target == token.node_id
+        elif token.status is TokenStatus.ABSORBING:
+            assert token.arrived_by is not None
+            assert self.definition.flows[token.arrived_by].target == token.node_id
+            assert node.join is Join.THRESHOLD
         else:
-            assert token.message
+            assert token.reason
+            assert token.incident is not None
+            assert token.retry is not None
+        assert token.since == self.now, "a token that came to rest does not say when"
 
     def _check_balance(self, step: engine.Step, before: int, after: int) -> None:
         """Every event moves the live count predictably: routes fan out, ends and joins take tokens in."""
@@ -162,8 +185,12 @@ class Driver:
                 change += 1
             elif event.kind is EventKind.ROUTED:
                 change += len(event.tokens) - 1
-            elif event.kind is EventKind.ENDED:
+            elif event.kind in (EventKind.ENDED, EventKind.ABSORBED):
                 change -= 1
             elif event.kind is EventKind.JOIN_FIRED:
                 change -= len(event.tokens) - 1
         assert after - before == change, f"live tokens went {before} -> {after}, events say {change:+d}"
+
+
+def _callers(tokens: Mapping[str, Token]) -> int:
+    return sum(1 for t in tokens.values() if t.status is not TokenStatus.ABSORBING)

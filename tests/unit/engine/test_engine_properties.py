@@ -114,6 +114,7 @@ def _drive(data: st.DataObject, definition: Definition) -> Driver:
     step_limit = data.draw(st.sampled_from([3, 40, 1000]))
     run = Driver(definition, variables, step_limit=step_limit)
     run.start()
+    _never_silently_stuck(run)
     for _ in range(data.draw(st.integers(0, 25))):
         if run.status is InstanceStatus.COMPLETED:
             break
@@ -139,7 +140,17 @@ def _drive(data: st.DataObject, definition: Definition) -> Driver:
         else:
             with pytest.raises(TokenNotParked):
                 run.fire(token_id) if firing else run.signal(token_id)
+        _never_silently_stuck(run)
     return run
+
+
+def _never_silently_stuck(run: Driver) -> None:
+    """A running instance always has a token someone can act on: parked (signal, timer) or an
+    incident (retry). Only waiting tokens and no incident would be a silent forever-wait."""
+    if run.status is InstanceStatus.RUNNING:
+        assert any(t.status in (TokenStatus.PARKED, TokenStatus.INCIDENT) for t in run.live), run.live
+    else:
+        assert run.tokens == {}
 
 
 @SETTINGS
@@ -183,7 +194,7 @@ def test_without_joins_or_conditions_splits_conserve_paths(data: st.DataObject) 
         return sum(paths(flow.target) for flow in routes)
 
     total = paths(definition.start_node)
-    run = Driver(definition, step_limit=1_000_000)
+    run = Driver(definition, step_limit=1_000_000, token_limit=1_000_000)
     run.start()
     for _ in range(200):
         ended = sum(1 for event in run.events if event.kind is EventKind.ENDED)
