@@ -5,11 +5,12 @@ across them (`10 * 1.1` is an error, while comparisons such as `10 > 2.5` do mix
 condition is evaluated over doubles: every number in the variables reaches CEL as a double,
 and every integer literal in the expression is read as a double (`count + 1 > 5` is
 `count + 1.0 > 5.0`), except a literal index such as `items[0]`. `price * 1.1 > 10.5` then
-behaves the same for 10, 10.0 and 10.5, and `/` divides exactly. A few CEL operations want
-whole numbers (`%`, an index held in a variable as in `items[i]`, arithmetic on `size()`):
-when the double reading fails on them, the condition is evaluated once more with whole
-numbers as ints and integer literals as written, which is how they are meant. When both
-readings fail, the first reading's error is the incident's reason. A whole number written as
+behaves the same for 10, 10.0 and 10.5, and `/` divides exactly (by zero it gives an IEEE
+infinity, not an error). A few CEL operations want whole numbers (`%`, an index held in a
+variable as in `items[i]`, arithmetic on `size()`): when the double reading fails on them,
+the condition is evaluated once more with whole numbers as ints and integer literals as
+written, which is how they are meant. When both readings fail, the first reading's error is
+the incident's reason. A whole number written as
 10.0 is the same value as 10 in either reading. `until` expressions are evaluated as written.
 """
 
