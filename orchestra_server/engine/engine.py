@@ -80,9 +80,11 @@ from orchestra_server.engine.model import (
 from orchestra_server.engine.plan import NodePlan, plan_for
 from orchestra_server.errors import TokenNotParked
 
+# The most automatic moves (arrivals and inclusive-join firings) one call makes.
 STEP_LIMIT = 1000
 # The most live tokens one instance may hold after a call (published in the README).
 TOKEN_LIMIT = 1000
+# A step-limit incident's reason, for people (its kind says what it is, for programs).
 STEP_LIMIT_MESSAGE = "step limit reached: too many automatic moves in one step (a cycle without a wait?)"
 
 _ROUTE_AT_ONCE = frozenset({NodeType.START, NodeType.PASSTHROUGH, NodeType.GATEWAY})
