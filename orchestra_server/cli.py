@@ -613,12 +613,21 @@ def audit(settings: Settings, tenant: str | None, limit: int, as_json: bool) -> 
         if as_json:
             click.echo(json.dumps(record))
         else:
-            click.echo(
-                "\t".join(
-                    str(v or "")
-                    for v in (record["at"], row["tenant_id"], row["actor"], row["action"], row["instance_id"])
-                )
-            )
+            columns = (record["at"], row["tenant_id"], row["actor"], row["action"], row["instance_id"])
+            click.echo("\t".join([*(str(v or "") for v in columns), _incidents_of(row["detail"])]))
+
+
+def _incidents_of(detail: object) -> str:
+    """The incidents an audit row records, as `kind at node: reason`, for the text listing."""
+    try:
+        created = json.loads(str(detail)).get("created", [])
+    except (ValueError, AttributeError):
+        return ""
+    return "; ".join(
+        f"{token['incident_kind']} at {token.get('node_id')}: {token.get('incident_reason', '')}"
+        for token in created
+        if isinstance(token, dict) and token.get("incident_kind")
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,13 @@ class LocalOrchestraClient:
             definition_id=found.definition_id,
             status=found.status,
             tenant_id=found.tenant_id,
-            tokens=tuple(TokenView(t.id, t.node_id, t.status) for t in found.tokens),
+            tokens=tuple(
+                TokenView(t.id, t.node_id, t.status, t.incident_kind, t.incident_reason, t.since)
+                for t in found.tokens
+            ),
+            definition_version=found.definition_version,
+            started_at=found.started_at,
+            updated_at=found.updated_at,
         )
 
     def signal_token(self, token_id: str) -> None:

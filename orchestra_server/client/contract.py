@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 import grpc
@@ -28,6 +29,11 @@ class TokenView:
     id: str
     node_id: str
     status: str
+    # Set on incident tokens only.
+    incident_kind: str | None = None
+    incident_reason: str | None = None
+    # When the token came to rest; None only for tokens stored before this was recorded.
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,9 @@ class InstanceView:
     status: str
     tenant_id: str
     tokens: tuple[TokenView, ...]
+    definition_version: int
+    started_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from datetime import UTC
 from typing import TypeVar
 
 import grpc
@@ -121,7 +122,20 @@ class GrpcOrchestraClient:
             definition_id=found.definition_id,
             status=found.status,
             tenant_id=found.tenant_id,
-            tokens=tuple(TokenView(t.id, t.node_id, t.status) for t in found.tokens),
+            tokens=tuple(
+                TokenView(
+                    t.id,
+                    t.node_id,
+                    t.status,
+                    t.incident_kind if t.HasField("incident_kind") else None,
+                    t.incident_reason if t.HasField("incident_reason") else None,
+                    t.since.ToDatetime(tzinfo=UTC) if t.HasField("since") else None,
+                )
+                for t in found.tokens
+            ),
+            definition_version=found.definition_version,
+            started_at=found.started_at.ToDatetime(tzinfo=UTC),
+            updated_at=found.updated_at.ToDatetime(tzinfo=UTC),
         )
 
     def signal_token(self, token_id: str) -> None:

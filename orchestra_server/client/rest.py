@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -114,7 +115,20 @@ class RestOrchestraClient:
             definition_id=data["definition_id"],
             status=data["status"],
             tenant_id=data["tenant_id"],
-            tokens=tuple(TokenView(t["id"], t["node_id"], t["status"]) for t in data["tokens"]),
+            tokens=tuple(
+                TokenView(
+                    t["id"],
+                    t["node_id"],
+                    t["status"],
+                    t.get("incident_kind"),
+                    t.get("incident_reason"),
+                    _moment(t["since"]) if "since" in t else None,
+                )
+                for t in data["tokens"]
+            ),
+            definition_version=int(data["definition_version"]),
+            started_at=_moment(data["started_at"]),
+            updated_at=_moment(data["updated_at"]),
         )
 
     def signal_token(self, token_id: str) -> None:
@@ -158,3 +172,8 @@ def _error(response: httpx.Response) -> OrchestraError:
     except ValueError:
         message = response.text[:200]
     return error_for_http(response.status_code, message)
+
+
+def _moment(text: str) -> datetime:
+    """An RFC 3339 time as the edge prints it (UTC, `Z`), as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

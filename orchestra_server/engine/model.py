@@ -43,6 +43,42 @@ class TokenStatus(StrEnum):
     PARKED = "parked"
     WAITING = "waiting"
     INCIDENT = "incident"
+    # Not a token a caller sees: a threshold join that fired still expects a late token along
+    # `arrived_by` and will absorb it. Kept among the tokens so that all of an instance's engine
+    # state is its token set; readers of the API never see these.
+    ABSORBING = "absorbing"
+
+
+class IncidentKind(StrEnum):
+    """Why a token stopped in an incident: data, so nothing has to read the reason's text."""
+
+    # A condition (or a timer's `until`) failed to compile or to evaluate, or gave no boolean.
+    CONDITION_FAILED = "condition_failed"
+    # A node routing out found no outgoing flow whose condition holds.
+    NO_FLOW_MATCHED = "no_flow_matched"
+    # One call made more automatic moves than its step limit (a cycle without a wait?).
+    STEP_LIMIT = "step_limit"
+    # One call would have left more live tokens than the token limit; it was not carried out.
+    TOKEN_LIMIT = "token_limit"  # noqa: S105 (an incident kind, not a credential)
+    # A token waits at a join that no live token can reach enough flows of to fire it.
+    JOIN_UNREACHABLE = "join_unreachable"
+    # A timer or timeout could not get a due time (out of range, or `until` gave no time).
+    TIMER_INVALID = "timer_invalid"
+    # An incident recorded before incidents carried a kind.
+    UNCLASSIFIED = "unclassified"
+
+
+class Retry(StrEnum):
+    """What signalling an incident token does: it redoes the move that failed."""
+
+    # Arrive at the token's node again along `arrived_by` (wait at its join, or activate it).
+    ARRIVE = "arrive"
+    # Activate the token's node again (a timer computes its due time again).
+    ACTIVATE = "activate"
+    # Route out of the token's node again with the current variables.
+    ROUTE_OUT = "route_out"
+    # Take the node's timeout flow (a wait whose timeout had run out).
+    TIMEOUT = "timeout"
 
 
 class InstanceStatus(StrEnum):
@@ -117,8 +153,13 @@ class Token:
     arrived_by: int | None = None
     # Parked timer tokens, and wait tokens with a timeout: when they fire.
     due_at: datetime | None = None
-    # Incident tokens: why the token could not move.
-    message: str | None = None
+    # Incident tokens: why the token could not move, for people (`incident` says it for programs).
+    reason: str | None = None
+    incident: IncidentKind | None = None
+    # Incident tokens: what a retry does. None on incidents recorded before it was kept.
+    retry: Retry | None = None
+    # When the token came to rest (parked, began waiting, or stopped in its incident).
+    since: datetime | None = None
 
 
 class EventKind(StrEnum):
@@ -140,6 +181,12 @@ class EventKind(StrEnum):
     WAITING = "waiting"
     # A join consumed `tokens` (one per flow in `flows`) and activated its node with `token_id`.
     JOIN_FIRED = "join_fired"
+    # A threshold join absorbed `token_id`, a late arrival along `flows[0]` of an activation that
+    # had already fired, with the marker `tokens[0]` that expected it.
+    ABSORBED = "absorbed"
+    # A threshold join stopped expecting late arrivals along `flows`: no live token can reach them.
+    JOIN_RESET = "join_reset"
+    # `token_id` stopped in an incident of kind `incident` (`message` is the reason).
     INCIDENT = "incident"
     # A token reached an end node and was consumed.
     ENDED = "ended"
@@ -158,3 +205,4 @@ class Event:
     tokens: tuple[str, ...] = ()
     due_at: datetime | None = None
     message: str | None = None
+    incident: IncidentKind | None = None

@@ -45,11 +45,24 @@ class Caller:
     actor: str
 
 
+# Audit rows stay small whatever a step did: token lists are cut to this many entries (the
+# counts stay exact), reasons to this many characters, and the detail as JSON never exceeds
+# AUDIT_DETAIL_LIMIT bytes (published in the README).
+AUDIT_LISTED_TOKENS = 100
+AUDIT_REASON_LENGTH = 300
+AUDIT_DETAIL_LIMIT = 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class TokenView:
     id: str
     node_id: str
     status: str
+    # Set on incident tokens only.
+    incident_kind: str | None = None
+    incident_reason: str | None = None
+    # When the token came to rest; None only for tokens stored before this was recorded.
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,9 @@ class InstanceView:
     status: str
     tenant_id: str
     tokens: tuple[TokenView, ...]
+    definition_version: int
+    started_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,13 +226,19 @@ class ProcessService:
             found = repo.instance_with_tokens(conn, caller.tenant_id, instance_id)
         if found is None:
             raise InstanceNotFound()
-        header, tokens = found
+        header = found.header
         return InstanceView(
             id=header.id,
             definition_id=header.definition_id,
             status=header.status.value,
             tenant_id=header.tenant_id,
-            tokens=tuple(TokenView(*t) for t in tokens),
+            tokens=tuple(
+                TokenView(t.id, t.node_id, t.status, t.incident_kind, t.incident_reason, t.since)
+                for t in found.tokens
+            ),
+            definition_version=found.definition_version,
+            started_at=found.started_at,
+            updated_at=found.updated_at,
         )
 
     def list_instances(
@@ -276,6 +298,7 @@ class ProcessService:
             limits.check_instance_variables(others + 1, size + len(name) + len(text.encode()))
             repo.upsert_variable(conn, header.seq, name, text)
             now = self._clock()
+            repo.touch_instance(conn, header.seq, now)
             repo.record_audit(
                 conn,
                 at=now,
@@ -346,6 +369,8 @@ class ProcessService:
         repo.insert_tokens(conn, seq, caller.tenant_id, step.created)
         if step.status is not header.status:
             repo.set_instance_status(conn, seq, step.status, now)
+        else:
+            repo.touch_instance(conn, seq, now)
         repo.record_audit(
             conn,
             at=now,
@@ -358,15 +383,38 @@ class ProcessService:
 
 
 def _step_detail(step: engine.Step) -> dict[str, Json]:
-    return {
-        "consumed": list(step.consumed),
-        "created": [_token_detail(t) for t in step.created],
-        "status": step.status.value,
-    }
+    """What a step did, for the audit trail, within AUDIT_DETAIL_LIMIT however large the step."""
+    incidents: dict[str, int] = {}
+    for token in step.created:
+        if token.incident is not None:
+            incidents[token.incident.value] = incidents.get(token.incident.value, 0) + 1
+    listed = AUDIT_LISTED_TOKENS
+    while True:
+        detail: dict[str, Json] = {
+            "consumed": list(step.consumed[:listed]),
+            "created": [_token_detail(t) for t in step.created[:listed]],
+            "status": step.status.value,
+        }
+        if len(step.consumed) > listed or len(step.created) > listed:
+            detail["consumed_count"] = len(step.consumed)
+            detail["created_count"] = len(step.created)
+        if incidents:
+            detail["incidents"] = incidents
+        if listed == 0 or len(repo.dump_json(detail).encode()) <= AUDIT_DETAIL_LIMIT - 1024:
+            # The margin leaves room for what the caller adds (ids and the definition).
+            return detail
+        listed //= 2
 
 
 def _token_detail(token: Token) -> dict[str, Json]:
-    return {"id": token.id, "node_id": token.node_id, "status": token.status.value}
+    detail: dict[str, Json] = {"id": token.id, "node_id": token.node_id, "status": token.status.value}
+    if token.incident is not None:
+        detail["incident_kind"] = token.incident.value
+        reason = token.reason or ""
+        if len(reason) > AUDIT_REASON_LENGTH:
+            reason = reason[: AUDIT_REASON_LENGTH - 3] + "..."
+        detail["incident_reason"] = reason
+    return detail
 
 
 def _encode_page_token(seq: int, filters: list[str]) -> str:

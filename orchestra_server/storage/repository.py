@@ -12,7 +12,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 
-from orchestra_server.engine.model import InstanceStatus, Json, Token, TokenStatus
+from orchestra_server.engine.model import IncidentKind, InstanceStatus, Json, Retry, Token, TokenStatus
 from orchestra_server.storage.schema import (
     AuditRow,
     DefinitionRow,
@@ -58,20 +58,26 @@ _INSTANCE_BY_LIVE_ID = (
 )
 SQL_INSTANCE_OF_TOKEN = Sql(_INSTANCE_BY_LIVE_ID)
 SQL_INSTANCE_OF_TOKEN_LOCKED = Sql(_INSTANCE_BY_LIVE_ID + " FOR UPDATE OF i")
+# Threshold joins' markers are engine state, not tokens a reader is shown.
 SQL_INSTANCE_WITH_TOKENS = Sql(
-    "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status, t.id, t.node_id, t.status"
-    " FROM instances i LEFT JOIN tokens t ON t.instance_seq = i.seq"
+    "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status, d.version,"
+    " i.created_at, i.updated_at, t.id, t.node_id, t.status, t.incident_kind, t.message, t.since"
+    " FROM instances i JOIN definitions d ON d.pk = i.definition_pk"
+    " LEFT JOIN tokens t ON t.instance_seq = i.seq AND t.status <> 'absorbing'"
     " WHERE i.id = :id AND i.tenant_id = :tenant ORDER BY t.ordinal"
 )
 SQL_LIVE_TOKENS = Sql(
-    "SELECT id, node_id, status, ordinal, arrived_by, due_at, message FROM tokens"
-    " WHERE instance_seq = :seq ORDER BY ordinal"
+    "SELECT id, node_id, status, ordinal, arrived_by, due_at, message, incident_kind, retry, since"
+    " FROM tokens WHERE instance_seq = :seq ORDER BY ordinal"
 )
 SQL_INSERT_TOKEN = Sql(
-    "INSERT INTO tokens (id, instance_seq, tenant_id, node_id, status, ordinal, arrived_by, due_at, message)"
-    " VALUES (:id, :seq, :tenant, :node_id, :status, :ordinal, :arrived_by, :due_at, :message)"
+    "INSERT INTO tokens (id, instance_seq, tenant_id, node_id, status, ordinal, arrived_by, due_at, message,"
+    " incident_kind, retry, since)"
+    " VALUES (:id, :seq, :tenant, :node_id, :status, :ordinal, :arrived_by, :due_at, :message,"
+    " :incident_kind, :retry, :since)"
 )
 SQL_SET_STATUS = Sql("UPDATE instances SET status = :status, updated_at = :now WHERE seq = :seq")
+SQL_TOUCH = Sql("UPDATE instances SET updated_at = :now WHERE seq = :seq")
 SQL_VARIABLES = Sql("SELECT name, value FROM variables WHERE instance_seq = :seq ORDER BY name")
 SQL_INSERT_VARIABLE = Sql("INSERT INTO variables (instance_seq, name, value) VALUES (:seq, :name, :value)")
 SQL_UPDATE_VARIABLE = Sql("UPDATE variables SET value = :value WHERE instance_seq = :seq AND name = :name")
@@ -130,6 +136,29 @@ class StoredDefinition:
     content_hash: str
     source: str | None
     deployed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenState:
+    """A live token as a reader sees it."""
+
+    id: str
+    node_id: str
+    status: str
+    incident_kind: str | None
+    incident_reason: str | None
+    since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """An instance as a reader sees it: its header, definition version, times and live tokens."""
+
+    header: InstanceHeader
+    definition_version: int
+    started_at: datetime
+    updated_at: datetime
+    tokens: list[TokenState]
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,15 +319,20 @@ def lock_instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> I
     return _header(row) if row else None
 
 
-def instance_with_tokens(
-    conn: Connection, tenant_id: str, instance_id: str
-) -> tuple[InstanceHeader, list[tuple[str, str, str]]] | None:
-    """The tenant's instance and its live tokens as (id, node id, status), oldest first, in one query."""
+def instance_with_tokens(conn: Connection, tenant_id: str, instance_id: str) -> InstanceState | None:
+    """The tenant's instance, its definition version, times and live tokens (oldest first): one query."""
     rows = execute(conn, SQL_INSTANCE_WITH_TOKENS, {"id": instance_id, "tenant": tenant_id}).fetchall()
     if not rows:
         return None
-    tokens = [(r[6], r[7], r[8]) for r in rows if r[6] is not None]
-    return _header(rows[0]), tokens
+    first = rows[0]
+    started_at = read_time(first[7])
+    updated_at = read_time(first[8])
+    assert started_at is not None
+    assert updated_at is not None
+    tokens = [
+        TokenState(r[9], r[10], r[11], r[12], r[13], read_time(r[14])) for r in rows if r[9] is not None
+    ]
+    return InstanceState(_header(first), int(first[6]), started_at, updated_at, tokens)
 
 
 def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
@@ -311,7 +345,10 @@ def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
             ordinal=row[3],
             arrived_by=row[4],
             due_at=read_time(row[5]),
-            message=row[6],
+            reason=row[6],
+            incident=IncidentKind(row[7]) if row[7] is not None else None,
+            retry=Retry(row[8]) if row[8] is not None else None,
+            since=read_time(row[9]),
         )
         for row in rows
     ]
@@ -333,7 +370,10 @@ def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: S
                 "ordinal": t.ordinal,
                 "arrived_by": t.arrived_by,
                 "due_at": bind_time(conn, t.due_at),
-                "message": t.message[:1000] if t.message else None,
+                "message": t.reason[:1000] if t.reason else None,
+                "incident_kind": t.incident.value if t.incident is not None else None,
+                "retry": t.retry.value if t.retry is not None else None,
+                "since": bind_time(conn, t.since),
             }
             for t in tokens
         ],
@@ -353,6 +393,11 @@ def delete_tokens(conn: Connection, instance_seq: int, token_ids: Sequence[str])
 
 def set_instance_status(conn: Connection, seq: int, status: InstanceStatus, now: datetime) -> None:
     execute(conn, SQL_SET_STATUS, {"status": status.value, "now": bind_time(conn, now), "seq": seq}).close()
+
+
+def touch_instance(conn: Connection, seq: int, now: datetime) -> None:
+    """Records that the instance changed at `now` (its `updated_at`)."""
+    execute(conn, SQL_TOUCH, {"now": bind_time(conn, now), "seq": seq}).close()
 
 
 def list_instances(

@@ -159,7 +159,12 @@ class TokenRow(Base):
     ordinal: Mapped[int] = mapped_column(Integer)
     arrived_by: Mapped[int | None] = mapped_column(Integer)
     due_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Incident tokens: the reason (for people), the kind and what a retry does (for programs).
     message: Mapped[str | None] = mapped_column(String(1000))
+    incident_kind: Mapped[str | None] = mapped_column(String(32))
+    retry: Mapped[str | None] = mapped_column(String(16))
+    # When the token came to rest; NULL only on rows older than the column that nothing moved since.
+    since: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # A scheduler's lease on a due token; another scheduler may take it once this passes.
     claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 

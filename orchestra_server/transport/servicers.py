@@ -17,7 +17,7 @@ from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
 from orchestra_server.errors import InvalidArgument
 from orchestra_server.identity.token_endpoint import TokenEndpoint
-from orchestra_server.service.processes import ProcessService
+from orchestra_server.service.processes import ProcessService, TokenView
 from orchestra_server.transport.errors import HTTP_STATUS_METADATA
 from orchestra_server.transport.guard import current_caller, metadata_value
 from orchestra_server.wire import values
@@ -64,15 +64,17 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
         self, request: pb.GetInstanceRequest, context: grpc.ServicerContext
     ) -> pb.GetInstanceResponse:
         view = self._processes.get_instance(current_caller(), request.instance_id)
-        return pb.GetInstanceResponse(
-            instance=pb.Instance(
-                id=view.id,
-                definition_id=view.definition_id,
-                status=view.status,
-                tenant_id=view.tenant_id,
-                tokens=[pb.Token(id=t.id, node_id=t.node_id, status=t.status) for t in view.tokens],
-            )
+        instance = pb.Instance(
+            id=view.id,
+            definition_id=view.definition_id,
+            status=view.status,
+            tenant_id=view.tenant_id,
+            tokens=[_token(t) for t in view.tokens],
+            definition_version=view.definition_version,
         )
+        instance.started_at.FromDatetime(view.started_at)
+        instance.updated_at.FromDatetime(view.updated_at)
+        return pb.GetInstanceResponse(instance=instance)
 
     def SignalToken(
         self, request: pb.SignalTokenRequest, context: grpc.ServicerContext
@@ -98,6 +100,18 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
             current_caller(), request.instance_id, request.name, values.to_python(request.value)
         )
         return pb.SetVariableResponse(status="set")
+
+
+def _token(view: TokenView) -> pb.Token:
+    # The incident fields are set only on incidents, so REST shows them only there.
+    token = pb.Token(id=view.id, node_id=view.node_id, status=view.status)
+    if view.incident_kind is not None:
+        token.incident_kind = view.incident_kind
+    if view.incident_reason is not None:
+        token.incident_reason = view.incident_reason
+    if view.since is not None:
+        token.since.FromDatetime(view.since)
+    return token
 
 
 class AuthServicer(auth_grpc.AuthServiceServicer):

@@ -13,8 +13,19 @@ from tests.contract.helpers import Consumer, assert_error, assert_ok, get_instan
 
 pytestmark = pytest.mark.timeout(120)
 
-INSTANCE_KEYS = {"id", "definition_id", "status", "tenant_id", "tokens"}
-TOKEN_KEYS = {"id", "node_id", "status"}
+# The contract's properties, then the extra ones the contract allows: the definition version
+# and times; on tokens, since when they rest (incident properties only on incidents).
+INSTANCE_KEYS = {
+    "id",
+    "definition_id",
+    "status",
+    "tenant_id",
+    "tokens",
+    "definition_version",
+    "started_at",
+    "updated_at",
+}
+TOKEN_KEYS = {"id", "node_id", "status", "since"}
 SUMMARY_KEYS = {"id", "definition_id", "status"}
 PAGE_TOKEN = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 

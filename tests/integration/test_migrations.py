@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
+from orchestra_server.engine.model import IncidentKind, Retry
 from orchestra_server.storage.database import Database
-from orchestra_server.storage.migrate import SCHEMA_REVISION, current_revision, head_revision, upgrade
+from orchestra_server.storage.migrate import (
+    MIGRATIONS,
+    SCHEMA_REVISION,
+    current_revision,
+    head_revision,
+    upgrade,
+)
+from orchestra_server.storage.repository import live_tokens
 from orchestra_server.storage.schema import Base
 
 
@@ -52,3 +63,60 @@ def test_a_process_on_a_current_database_never_loads_the_migration_machinery(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# The text every step-limit incident carried before incidents had a kind.
+OLD_STEP_LIMIT_TEXT = "step limit reached: too many automatic moves in one step (a cycle without a wait?)"
+
+
+def _migrate(database: Database, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with database.engine.connect() as conn:
+        config.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(config, revision)
+        conn.commit()
+
+
+def test_incidents_stored_before_kinds_get_one(database: Database) -> None:
+    """0002 classifies existing incidents: the old step-limit text, anything else unclassified."""
+    _migrate(database, "0001", down=True)
+    at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO definitions"
+                " (tenant_key, definition_id, version, content, content_hash, deployed_at)"
+                " VALUES ('', 'd', 1, '{}', 'h', :at)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO instances"
+                " (id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
+                " VALUES ('i', 'default', 'd', 1, 'running', :at, :at)"
+            ),
+            {"at": at},
+        )
+        for token_id, status, message in [
+            ("t-step", "incident", OLD_STEP_LIMIT_TEXT),
+            ("t-other", "incident", "'x > 1' failed: no such key"),
+            ("t-parked", "parked", None),
+        ]:
+            conn.execute(
+                text(
+                    "INSERT INTO tokens (id, instance_seq, tenant_id, node_id, status, ordinal, message)"
+                    " VALUES (:id, 1, 'default', 'n', :status, 1, :message)"
+                ),
+                {"id": token_id, "status": status, "message": message},
+            )
+    _migrate(database, "head")
+    assert current_revision(database) == SCHEMA_REVISION
+    with database.engine.connect() as conn:
+        tokens = {token.id: token for token in live_tokens(conn, 1)}
+    assert (tokens["t-step"].incident, tokens["t-step"].retry) == (IncidentKind.STEP_LIMIT, Retry.ARRIVE)
+    assert (tokens["t-other"].incident, tokens["t-other"].retry) == (IncidentKind.UNCLASSIFIED, None)
+    assert tokens["t-other"].reason == "'x > 1' failed: no such key"
+    assert (tokens["t-parked"].incident, tokens["t-parked"].reason) == (None, None)
+    assert {token.since for token in tokens.values()} == {at}

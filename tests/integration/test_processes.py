@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ from orchestra_server import errors
 from orchestra_server.service import limits
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
-from orchestra_server.service.processes import Caller, ProcessService
+from orchestra_server.service.processes import AUDIT_DETAIL_LIMIT, AUDIT_LISTED_TOKENS, Caller, ProcessService
 from orchestra_server.storage.database import Database
+from orchestra_server.storage.repository import read_audit
 from orchestra_server.wire.json_text import dump_json
 from tests.conftest import FakeClock
 
@@ -341,3 +344,48 @@ def test_a_bad_file_deploys_nothing(world: World, tmp_path: Path) -> None:
         world.definitions.deploy([good, bad])
     assert str(bad) in str(caught.value)
     assert world.definitions.list() == []
+
+
+def _fan_out(width: int) -> dict[str, object]:
+    nodes: dict[str, object] = {"begin": {"type": "start"}, "done": {"type": "end"}}
+    flows: list[dict[str, str]] = []
+    for i in range(width):
+        nodes[f"p{i}"] = {"type": "passthrough"}
+        nodes[f"w{i}"] = {"type": "wait"}
+        flows.append({"from": "begin", "to": f"p{i}"})
+        flows.append({"from": f"w{i}", "to": "done"})
+    flows.extend({"from": f"p{i}", "to": f"w{j}"} for i in range(width) for j in range(width))
+    return {"id": "fan_out", "nodes": nodes, "flows": flows}
+
+
+def test_an_audit_row_stays_small_however_large_the_step(world: World, database: Database) -> None:
+    world.deploy(_fan_out(31))
+    instance_id = world.processes.start_process(ALICE, "fan_out", {})
+    assert len(world.processes.get_instance(ALICE, instance_id).tokens) == 31 * 31
+    with database.reading() as conn:
+        [row] = [r for r in read_audit(conn, "default", 10) if r["action"] == "instance.start"]
+    assert len(row["detail"].encode()) <= AUDIT_DETAIL_LIMIT
+    detail = json.loads(row["detail"])
+    assert detail["created_count"] == 31 * 31
+    assert len(detail["created"]) == AUDIT_LISTED_TOKENS
+
+
+def test_incidents_times_and_version_read_back(world: World) -> None:
+    world.deploy(THREE_STEP)
+    started = world.clock.now
+    instance_id = world.processes.start_process(ALICE, "three_step", {})
+    view = world.processes.get_instance(ALICE, instance_id)
+    assert (view.definition_version, view.started_at, view.updated_at) == (1, started, started)
+    assert view.tokens[0].since == started
+    assert (view.tokens[0].incident_kind, view.tokens[0].incident_reason) == (None, None)
+
+    world.clock.now += timedelta(minutes=5)
+    world.processes.set_variable(ALICE, instance_id, "x", 1)
+    assert world.processes.get_instance(ALICE, instance_id).updated_at == world.clock.now
+
+    world.deploy(ROUTED, name="three_step_routed")
+    routed = world.processes.start_process(ALICE, "routed", {})
+    (incident,) = world.processes.get_instance(ALICE, routed).tokens
+    assert (incident.status, incident.incident_kind) == ("incident", "condition_failed")
+    assert "amount" in (incident.incident_reason or "")
+    assert incident.since == world.clock.now

@@ -17,6 +17,7 @@ from orchestra_server.engine.model import (
     Event,
     EventKind,
     InstanceStatus,
+    Join,
     NodeType,
     Token,
     TokenStatus,
@@ -48,11 +49,13 @@ class Driver:
         *,
         now: datetime = NOW,
         step_limit: int = engine.STEP_LIMIT,
+        token_limit: int = engine.TOKEN_LIMIT,
     ) -> None:
         self.definition = definition
         self.variables: dict[str, Any] = dict(variables or {})
         self.now = now
         self.step_limit = step_limit
+        self.token_limit = token_limit
         self.tokens: dict[str, Token] = {}
         self.status: InstanceStatus | None = None
         self.events: list[Event] = []
@@ -73,6 +76,7 @@ class Driver:
             now=self.now,
             new_id=self.new_id,
             step_limit=self.step_limit,
+            token_limit=self.token_limit,
         )
         return self._apply(step)
 
@@ -86,6 +90,7 @@ class Driver:
             now=self.now,
             new_id=self.new_id,
             step_limit=self.step_limit,
+            token_limit=self.token_limit,
         )
         assert given == list(self.tokens.values()), "the engine altered its input"
         return self._apply(step)
@@ -102,6 +107,7 @@ class Driver:
             now=self.now,
             new_id=self.new_id,
             step_limit=self.step_limit,
+            token_limit=self.token_limit,
         )
         assert given == list(self.tokens.values()), "the engine altered its input"
         return self._apply(step)
@@ -110,7 +116,17 @@ class Driver:
 
     @property
     def live(self) -> list[Token]:
-        return sorted(self.tokens.values(), key=lambda t: t.ordinal)
+        """The live tokens as a caller sees them (threshold joins' markers are not tokens to a caller)."""
+        return sorted(
+            (t for t in self.tokens.values() if t.status is not TokenStatus.ABSORBING),
+            key=lambda t: t.ordinal,
+        )
+
+    @property
+    def markers(self) -> list[Token]:
+        return sorted(
+            (t for t in self.tokens.values() if t.status is TokenStatus.ABSORBING), key=lambda t: t.ordinal
+        )
 
     def at(self, node_id: str, status: TokenStatus | None = None) -> list[Token]:
         return [t for t in self.live if t.node_id == node_id and (status is None or t.status is status)]
@@ -144,7 +160,7 @@ class Driver:
         after.update({t.id: t for t in step.created})
         assert (step.status is InstanceStatus.COMPLETED) == (not after)
         assert step.status in (InstanceStatus.RUNNING, InstanceStatus.COMPLETED)
-        self._check_balance(step, len(before), len(after))
+        self._check_balance(step, _callers(before), _callers(after))
         self.ever_live.update(created_ids)
         self.tokens = after
         self.status = step.status
@@ -160,8 +176,15 @@ class Driver:
         elif token.status is TokenStatus.WAITING:
             assert token.arrived_by is not None
             assert self.definition.flows[token.arrived_by].target == token.node_id
+        elif token.status is TokenStatus.ABSORBING:
+            assert token.arrived_by is not None
+            assert self.definition.flows[token.arrived_by].target == token.node_id
+            assert node.join is Join.THRESHOLD
         else:
-            assert token.message
+            assert token.reason
+            assert token.incident is not None
+            assert token.retry is not None
+        assert token.since == self.now, "a token that came to rest does not say when"
 
     def _check_balance(self, step: engine.Step, before: int, after: int) -> None:
         """Every event moves the live count predictably: routes fan out, ends and joins take tokens in."""
@@ -171,8 +194,12 @@ class Driver:
                 change += 1
             elif event.kind is EventKind.ROUTED:
                 change += len(event.tokens) - 1
-            elif event.kind is EventKind.ENDED:
+            elif event.kind in (EventKind.ENDED, EventKind.ABSORBED):
                 change -= 1
             elif event.kind is EventKind.JOIN_FIRED:
                 change -= len(event.tokens) - 1
         assert after - before == change, f"live tokens went {before} -> {after}, events say {change:+d}"
+
+
+def _callers(tokens: Mapping[str, Token]) -> int:
+    return sum(1 for t in tokens.values() if t.status is not TokenStatus.ABSORBING)

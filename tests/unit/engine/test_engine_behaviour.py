@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestra_server.engine import engine
-from orchestra_server.engine.model import EventKind, InstanceStatus, Token, TokenStatus
+from orchestra_server.engine.model import EventKind, IncidentKind, InstanceStatus, Retry, Token, TokenStatus
 from orchestra_server.errors import TokenNotParked
 from tests.unit.engine.support import HOUR, NOW, Driver, define, load_file
 
@@ -200,7 +200,7 @@ def test_bad_until_is_an_incident_and_retry_reruns_the_timer(deadline: object) -
     step = run.start()
     incident = run.one("t", INCIDENT)
     assert incident.due_at is None
-    assert "deadline" in (incident.message or "")
+    assert "deadline" in (incident.reason or "")
     assert step.status is RUNNING
     with pytest.raises(TokenNotParked):
         run.fire(incident.id)
@@ -340,7 +340,7 @@ def test_immediate_join_activates_on_every_arrival() -> None:
     assert len(run.at("after", PARKED)) == 3
 
 
-def test_threshold_join_fires_at_n_and_late_arrivals_start_the_next_activation() -> None:
+def test_threshold_join_fires_at_n_and_absorbs_the_late_arrival() -> None:
     run = Driver(define((JOIN % "threshold").replace("join: threshold", "join: threshold, threshold: 2")))
     run.start()
     run.signal(run.one("c").id)
@@ -348,12 +348,152 @@ def test_threshold_join_fires_at_n_and_late_arrivals_start_the_next_activation()
     step = run.signal(run.one("a").id)
     assert run.one("after", PARKED)
     assert [e.kind for e in step.events].count(EventKind.JOIN_FIRED) == 1
-    # b arrives late: it waits and counts toward the next activation.
+    assert [m.arrived_by for m in run.markers] == [4]
+    # b arrives late: the activation it belonged to has fired, so it is absorbed, not kept waiting.
+    late = run.one("b")
+    step = run.signal(late.id)
+    absorbed = next(e for e in step.events if e.kind is EventKind.ABSORBED)
+    assert (absorbed.node_id, absorbed.flows) == ("j", (4,))
+    assert run.at("j") == []
+    assert run.markers == []
+    assert run.signal(run.one("after").id).status is COMPLETED
+
+
+def test_threshold_join_resets_when_the_late_token_can_no_longer_come() -> None:
+    definition = define("""
+    id: race
+    nodes:
+      s: {type: start}
+      a: {type: wait}
+      b: {type: wait}
+      c: {type: wait}
+      j: {type: passthrough, join: threshold, threshold: 1}
+      e: {type: end}
+    flows:
+      - {from: s, to: a}
+      - {from: s, to: b}
+      - {from: b, to: e}
+      - {from: a, to: j}
+      - {from: b, to: c}
+      - {from: c, to: j}
+      - {from: j, to: e}
+    """)
+    run = Driver(definition)
+    run.start()
+    run.signal(run.one("a").id)
+    assert [m.arrived_by for m in run.markers] == [5]
+    # b routes to c and to the end: c still owes the join its late token.
     run.signal(run.one("b").id)
-    late = run.one("j", WAITING)
+    assert run.markers
+    step = run.signal(run.one("c").id)
+    assert EventKind.ABSORBED in run.kinds(step)
+    assert step.status is COMPLETED
+
+
+def test_threshold_join_in_a_loop_starts_each_round_afresh() -> None:
+    definition = define("""
+    id: rounds
+    nodes:
+      s: {type: start}
+      fork: {type: passthrough}
+      a: {type: wait}
+      b: {type: wait}
+      c: {type: wait}
+      j: {type: passthrough, join: threshold, threshold: 2}
+      review: {type: wait}
+      again: {type: gateway, gateway: exclusive}
+      e: {type: end}
+    flows:
+      - {from: s, to: fork}
+      - {from: fork, to: a}
+      - {from: fork, to: b}
+      - {from: fork, to: c}
+      - {from: a, to: j}
+      - {from: b, to: j}
+      - {from: c, to: j}
+      - {from: j, to: review}
+      - {from: review, to: again}
+      - {from: again, to: fork, when: "rounds < 2"}
+      - {from: again, to: e}
+    """)
+    run = Driver(definition, {"rounds": 0})
+    run.start()
+    run.signal(run.one("a").id)
+    run.signal(run.one("b").id)
+    # The second round starts before the first round's late token arrives.
+    run.variables["rounds"] = 1
+    run.signal(run.one("review").id)
+    assert len(run.at("c")) == 2
+    run.signal(run.at("c")[0].id)
+    assert run.at("j") == [], "the first round's late token was absorbed"
+    # Round two needs two fresh arrivals: one is not enough.
+    run.signal(run.one("a").id)
+    assert run.one("j", WAITING)
+    run.signal(run.one("c").id)
+    assert run.one("review", PARKED)
+    run.variables["rounds"] = 2
+    run.signal(run.one("review").id)
     assert run.status is RUNNING
-    run.signal(run.one("after").id)
-    assert run.live == [late]
+    step = run.signal(run.one("b").id)
+    assert EventKind.ABSORBED in run.kinds(step)
+    assert step.status is COMPLETED
+
+
+def test_wait_all_after_an_exclusive_split_is_an_incident_not_a_silent_wait() -> None:
+    definition = define("""
+    id: mismatch
+    nodes:
+      s: {type: start}
+      x: {type: gateway, gateway: exclusive}
+      a: {type: passthrough}
+      b: {type: passthrough}
+      j: {type: gateway, gateway: parallel}
+      e: {type: end}
+    flows:
+      - {from: s, to: x}
+      - {from: x, to: a, when: "left"}
+      - {from: x, to: b}
+      - {from: a, to: j}
+      - {from: b, to: j}
+      - {from: j, to: e}
+    """)
+    run = Driver(definition, {"left": True})
+    step = run.start()
+    stuck = run.one("j", INCIDENT)
+    assert stuck.incident is IncidentKind.JOIN_UNREACHABLE
+    assert stuck.retry is Retry.ARRIVE
+    assert "can never fire" in (stuck.reason or "")
+    assert step.status is RUNNING
+    # Retrying finds the join as unreachable as before.
+    run.signal(stuck.id)
+    assert run.one("j", INCIDENT).incident is IncidentKind.JOIN_UNREACHABLE
+
+
+def test_threshold_that_can_no_longer_be_met_is_an_incident() -> None:
+    definition = define("""
+    id: short
+    nodes:
+      s: {type: start}
+      a: {type: wait}
+      b: {type: wait, split: first}
+      c: {type: wait}
+      j: {type: passthrough, join: threshold, threshold: 2}
+      e: {type: end}
+    flows:
+      - {from: s, to: a}
+      - {from: s, to: b}
+      - {from: a, to: j}
+      - {from: b, to: e, when: "skip"}
+      - {from: b, to: c}
+      - {from: c, to: j}
+      - {from: j, to: e}
+    """)
+    run = Driver(definition, {"skip": True})
+    run.start()
+    run.signal(run.one("a").id)
+    assert run.one("j", WAITING)
+    run.signal(run.one("b").id)
+    assert run.one("j", INCIDENT).incident is IncidentKind.JOIN_UNREACHABLE
 
 
 def test_wait_all_consumes_the_oldest_token_of_each_flow() -> None:
@@ -385,7 +525,9 @@ def test_wait_all_consumes_the_oldest_token_of_each_flow() -> None:
     fired = next(e for e in step.events if e.kind is EventKind.JOIN_FIRED)
     assert older.id in fired.tokens
     assert newer.id not in fired.tokens
-    assert run.one("j", WAITING) == newer
+    # The newer token's partner can never come (b is spent): it is an incident, not a silent wait.
+    stuck = run.one("j", INCIDENT)
+    assert (stuck.incident, stuck.arrived_by) == (IncidentKind.JOIN_UNREACHABLE, newer.arrived_by)
     assert run.one("w", PARKED).arrived_by == 5
     assert fired.token_id not in run.tokens  # the join's own token moved straight on
 
@@ -486,7 +628,8 @@ def test_no_flow_holds_is_an_incident_and_the_rest_carries_on() -> None:
     run = Driver(definition, {"ready": False})
     step = run.start()
     incident = run.one("g", INCIDENT)
-    assert "no outgoing flow of node 'g'" in (incident.message or "")
+    assert "no outgoing flow of node 'g'" in (incident.reason or "")
+    assert incident.incident is IncidentKind.NO_FLOW_MATCHED
     assert run.one("other", PARKED)
     assert step.status is RUNNING
     assert EventKind.INCIDENT in run.kinds(step)
@@ -503,7 +646,7 @@ def test_no_flow_holds_is_an_incident_and_the_rest_carries_on() -> None:
     [
         ("missing > 1", {}, "missing"),
         ("amount", {"amount": 3}, "not a boolean"),
-        ("1 / zero > 0", {"zero": 0}, "division by zero"),
+        ("int(one) / int(zero) > 0", {"one": 1, "zero": 0}, "division by zero"),
     ],
 )
 def test_condition_failures_are_incidents(
@@ -518,7 +661,9 @@ def test_condition_failures_are_incidents(
     run.start()
     run.signal(run.one("w").id)
     incident = run.one("w", INCIDENT)
-    assert fragment in (incident.message or "")
+    assert fragment in (incident.reason or "")
+    assert incident.incident is IncidentKind.CONDITION_FAILED
+    assert incident.retry is Retry.ROUTE_OUT
     # Retrying routes out of the wait node again; it does not park there again.
     run.variables.update({"missing": 5, "amount": True, "zero": 1})
     assert run.signal(incident.id).status is COMPLETED
@@ -562,13 +707,13 @@ def test_step_limit_turns_an_automatic_cycle_into_an_incident() -> None:
     incident = run.live[0]
     assert len(run.live) == 1
     assert incident.status is INCIDENT
-    assert incident.message == engine.STEP_LIMIT_MESSAGE
+    assert incident.incident is IncidentKind.STEP_LIMIT
     assert step.status is RUNNING
     routed = [e for e in step.events if e.kind is EventKind.ROUTED]
     assert len(routed) == 51  # the start, then 50 automatic moves
 
     step = run.signal(incident.id)  # a fresh budget, still spinning
-    assert run.live[0].message == engine.STEP_LIMIT_MESSAGE
+    assert run.live[0].incident is IncidentKind.STEP_LIMIT
     run.variables["spin"] = False
     run.signal(run.live[0].id)
     assert run.one("w", PARKED)
@@ -593,7 +738,7 @@ def test_step_limit_keeps_every_token_of_a_multiplying_cycle() -> None:
     run.start()
     incidents = [t for t in run.live if t.status is INCIDENT]
     assert incidents
-    assert all(t.message == engine.STEP_LIMIT_MESSAGE for t in incidents)
+    assert all(t.incident is IncidentKind.STEP_LIMIT for t in incidents)
     parked = len(run.at("w", PARKED))
     run.variables["grow"] = False
     for token in incidents:
@@ -637,7 +782,7 @@ def test_inclusive_join_waits_for_a_token_stopped_by_the_step_limit() -> None:
     run.step_limit = 0
     run.signal(run.one("b").id)
     stuck = run.one("j", INCIDENT)
-    assert stuck.message == engine.STEP_LIMIT_MESSAGE
+    assert stuck.incident is IncidentKind.STEP_LIMIT
     assert run.one("j", WAITING)
     assert run.at("done") == []
     run.step_limit = engine.STEP_LIMIT

@@ -114,6 +114,7 @@ def _drive(data: st.DataObject, definition: Definition) -> Driver:
     step_limit = data.draw(st.sampled_from([3, 40, 1000]))
     run = Driver(definition, variables, step_limit=step_limit)
     run.start()
+    _never_silently_stuck(run)
     for _ in range(data.draw(st.integers(0, 25))):
         if run.status is InstanceStatus.COMPLETED:
             break
@@ -139,7 +140,17 @@ def _drive(data: st.DataObject, definition: Definition) -> Driver:
         else:
             with pytest.raises(TokenNotParked):
                 run.fire(token_id) if firing else run.signal(token_id)
+        _never_silently_stuck(run)
     return run
+
+
+def _never_silently_stuck(run: Driver) -> None:
+    """A running instance always has a token someone can act on: parked (signal, timer) or an
+    incident (retry). Only waiting tokens and no incident would be a silent forever-wait."""
+    if run.status is InstanceStatus.RUNNING:
+        assert any(t.status in (TokenStatus.PARKED, TokenStatus.INCIDENT) for t in run.live), run.live
+    else:
+        assert run.tokens == {}
 
 
 # Generated graphs are read without the deploy-time refusals (flows never taken, joins never
@@ -188,7 +199,7 @@ def test_without_joins_or_conditions_splits_conserve_paths(data: st.DataObject) 
         return sum(paths(flow.target) for flow in routes)
 
     total = paths(definition.start_node)
-    run = Driver(definition, step_limit=1_000_000)
+    run = Driver(definition, step_limit=1_000_000, token_limit=1_000_000)
     run.start()
     for _ in range(200):
         ended = sum(1 for event in run.events if event.kind is EventKind.ENDED)
@@ -200,3 +211,50 @@ def test_without_joins_or_conditions_splits_conserve_paths(data: st.DataObject) 
         run.signal(live[data.draw(st.integers(0, len(live) - 1))].id)
     assert run.status is InstanceStatus.COMPLETED
     assert sum(1 for event in run.events if event.kind is EventKind.ENDED) == total
+
+
+@SETTINGS
+@given(st.data())
+def test_threshold_joins_complete_in_any_arrival_order(data: st.DataObject) -> None:
+    """N of M parallel branches, signalled in any order, over one or more rounds of a loop:
+    each round fires once, late tokens are absorbed, and the instance completes."""
+    branches = data.draw(st.integers(2, 5))
+    threshold = data.draw(st.integers(1, branches))
+    rounds = data.draw(st.integers(1, 3))
+    names = [f"b{i}" for i in range(branches)]
+    nodes: dict[str, Any] = {
+        "s": {"type": "start"},
+        "fork": {"type": "passthrough"},
+        "j": {"type": "passthrough", "join": "threshold", "threshold": threshold},
+        "review": {"type": "wait"},
+        "again": {"type": "gateway", "gateway": "exclusive"},
+        "e": {"type": "end"},
+    }
+    flows: list[dict[str, Any]] = [{"from": "s", "to": "fork"}]
+    for name in names:
+        nodes[name] = {"type": "wait"}
+        flows += [{"from": "fork", "to": name}, {"from": name, "to": "j"}]
+    flows += [
+        {"from": "j", "to": "review"},
+        {"from": "review", "to": "again"},
+        {"from": "again", "to": "fork", "when": "more"},
+        {"from": "again", "to": "e"},
+    ]
+    definition = parse({"id": "rounds", "nodes": nodes, "flows": flows}, source="rounds.yaml")
+    run = Driver(definition, {"more": False})
+    run.start()
+    fired = 0
+    for _ in range((branches + 1) * rounds):
+        if run.status is InstanceStatus.COMPLETED:
+            break
+        assert all(t.status is not TokenStatus.INCIDENT for t in run.live), run.live
+        parked = [t for t in run.live if t.status is TokenStatus.PARKED]
+        token = parked[data.draw(st.integers(0, len(parked) - 1))]
+        if token.node_id == "review":
+            fired += 1
+            run.variables["more"] = fired < rounds
+        run.signal(token.id)
+        _never_silently_stuck(run)
+    assert run.status is InstanceStatus.COMPLETED
+    assert fired == rounds
+    assert sum(1 for e in run.events if e.kind is EventKind.JOIN_FIRED) == rounds

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -243,6 +244,9 @@ class Instance(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The instance's id."""
     definition_id: _builtins.str
@@ -251,9 +255,21 @@ class Instance(_message.Message):
     """`running`, `completed`, `cancelled` or `failed`."""
     tenant_id: _builtins.str
     """The tenant the instance belongs to."""
+    definition_version: _builtins.int
+    """The version of the definition the instance runs (1 for the first
+    deployment of a definition, counting up with each changed deployment).
+    """
     @_builtins.property
     def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]:
         """The live tokens, oldest first; consumed tokens are not listed."""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the instance was started (RFC 3339, UTC, over REST)."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the instance last changed: its tokens, status or variables."""
 
     def __init__(
         self,
@@ -263,10 +279,13 @@ class Instance(_message.Message):
         status: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
         tokens: _abc.Iterable[Global___Token] | None = ...,
+        definition_version: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_id", b"definition_id", "id", b"id", "status", b"status", "tenant_id", b"tenant_id", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_id", b"definition_id", "definition_version", b"definition_version", "id", b"id", "started_at", b"started_at", "status", b"status", "tenant_id", b"tenant_id", "tokens", b"tokens", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,6 +300,9 @@ class Token(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    INCIDENT_KIND_FIELD_NUMBER: _builtins.int
+    INCIDENT_REASON_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The token's id, used to signal it."""
     node_id: _builtins.str
@@ -289,18 +311,43 @@ class Token(_message.Message):
     """`parked` (signal-able), `waiting` (arrived at a join) or `incident`
     (could not move; signal-able to retry).
     """
+    incident_kind: _builtins.str
+    """Set only on a token in incident: why it stopped, as a stable word:
+    `condition_failed` (a condition failed to evaluate), `no_flow_matched`,
+    `step_limit`, `token_limit`, `join_unreachable` (it waits at a join
+    that can never fire), `timer_invalid` (no due time), or `unclassified`
+    (an incident recorded before kinds were).
+    """
+    incident_reason: _builtins.str
+    """Set only on a token in incident: why it stopped, for people."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the token came to rest (parked, began waiting, or stopped in its
+        incident). Unset only on tokens stored before this was recorded.
+        """
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         node_id: _builtins.str = ...,
         status: _builtins.str = ...,
+        incident_kind: _builtins.str | None = ...,
+        incident_reason: _builtins.str | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_incident_kind", b"_incident_kind", "_incident_reason", b"_incident_reason", "incident_kind", b"incident_kind", "incident_reason", b"incident_reason", "since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "node_id", b"node_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_incident_kind", b"_incident_kind", "_incident_reason", b"_incident_reason", "id", b"id", "incident_kind", b"incident_kind", "incident_reason", b"incident_reason", "node_id", b"node_id", "since", b"since", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__incident_kind: _TypeAlias = _typing.Literal["incident_kind"]  # noqa: Y015
+    _WhichOneofArgType__incident_kind: _TypeAlias = _typing.Literal["_incident_kind", b"_incident_kind"]  # noqa: Y015
+    _WhichOneofReturnType__incident_reason: _TypeAlias = _typing.Literal["incident_reason"]  # noqa: Y015
+    _WhichOneofArgType__incident_reason: _TypeAlias = _typing.Literal["_incident_reason", b"_incident_reason"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__incident_kind) -> _WhichOneofReturnType__incident_kind | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__incident_reason) -> _WhichOneofReturnType__incident_reason | None: ...
 
 Global___Token: _TypeAlias = Token  # noqa: Y015
 
