@@ -9,13 +9,14 @@ from typing import cast
 from orchestra_server.engine.model import Json
 from orchestra_server.errors import InvalidArgument, LimitExceeded
 from orchestra_server.wire.json_text import dump_json
-from orchestra_server.wire.limits import (
-    MAX_EXACT_INTEGER,
-    MAX_INSTANCE_VARIABLES_BYTES,
-    MAX_JSON_DEPTH,
-    MAX_START_VARIABLES_BYTES,
-    MAX_VARIABLE_BYTES,
-)
+
+# Re-exported: the service's checks and its callers read every published limit from here.
+from orchestra_server.wire.limits import MAX_EXACT_INTEGER as MAX_EXACT_INTEGER
+from orchestra_server.wire.limits import MAX_INSTANCE_VARIABLES_BYTES as MAX_INSTANCE_VARIABLES_BYTES
+from orchestra_server.wire.limits import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from orchestra_server.wire.limits import MAX_REQUEST_BYTES as MAX_REQUEST_BYTES
+from orchestra_server.wire.limits import MAX_START_VARIABLES_BYTES as MAX_START_VARIABLES_BYTES
+from orchestra_server.wire.limits import MAX_VARIABLE_BYTES as MAX_VARIABLE_BYTES
 
 # The limits on values (sizes, depth, integer range) are defined in wire.limits, beside the
 # message sizes derived from them; the rest are the service's own.
