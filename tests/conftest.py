@@ -123,9 +123,17 @@ EXAMPLES = ROOT / "examples"
 
 # --- a run leaves the tree as it found it --------------------------------------------------------
 
-# What a run may leave in the working tree: the environment, caches of the tools and the
+# What a run may leave in the working tree: the installed packages (Python and the Node
+# client's), caches of the tools and the
 # example database the property tests replay from; all of them ignored by git.
-_RUN_LEFTOVERS_ALLOWED = (".venv/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".hypothesis/")
+_RUN_LEFTOVERS_ALLOWED = (
+    ".venv/",
+    "clients/node/node_modules/",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".hypothesis/",
+)
 _BEFORE_RUN = pytest.StashKey[set[str] | None]()
 
 
