@@ -4,7 +4,7 @@ API:
 
 - ``EdgeSettings``: every parameter of the edge (listen address, upstream
   gRPC endpoints, descriptor set, issuer, audience, JWKS cache period, body
-  limit, admin port, per-tenant rate limit).
+  limit, admin socket, per-tenant rate limit).
 - ``Upstream``: one gRPC worker process, ``host:port``.
 - ``TenantRateLimit``: the per-tenant token bucket.
 - ``render_envoy_config(settings) -> str``: the bootstrap YAML.
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from orchestra_server.identity.keys import KEY_SET_REFRESH_SECONDS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EDGE_DIR_ENV = "ORCHESTRA_EDGE_DIR"
 TEMPLATE_NAME = "edge.yaml.tmpl"
@@ -32,13 +34,21 @@ DEFAULT_DESCRIPTOR = REPO_ROOT / "gen" / "orchestra.pb"
 # The published request body limit. The service itself allows 1 MiB per
 # variable, so a body carrying one maximal variable still fits.
 DEFAULT_MAX_REQUEST_BYTES = 2 * 1024 * 1024
-# The key ring publishes a new key this long before signing with it; the
-# edge refetches the JWKS at this period.
-DEFAULT_JWKS_CACHE_SECONDS = 30
+# The edge refetches the JWKS at this period; a key rotation must publish a
+# new key at least this long before it signs (the key ring's rule).
+DEFAULT_JWKS_CACHE_SECONDS = KEY_SET_REFRESH_SECONDS
 TENANT_HEADER = "x-orchestra-tenant"
-# The token and JWKS endpoints carry no tenant; together they get this many
-# times one tenant's budget.
+# The token and JWKS endpoints carry no tenant; each has a budget of its own
+# of this many times one tenant's, so flooding one cannot lock clients out of
+# the other.
 UNAUTHENTICATED_RATE_FACTOR = 10
+# A client has this long to send its request headers, and this long to send
+# its whole request, headers and body (408 otherwise).
+REQUEST_HEADERS_TIMEOUT_SECONDS = 10
+REQUEST_TIMEOUT_SECONDS = 15
+# Owner-only: the admin interface can stop Envoy and raise its log level
+# until it writes bearer tokens.
+ADMIN_SOCKET_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,9 @@ class EdgeSettings:
     """Parameters of one edge process.
 
     ``rest_port`` must be a real port (not 0): the edge fetches the JWKS
-    through its own listener. ``admin_port`` 0 lets the OS choose (see
-    ``EnvoyProcess``); ``None`` runs without the admin interface.
+    through its own listener. ``admin_socket`` opts in to Envoy's admin
+    interface on that unix socket, readable by the owner only; by default
+    there is none.
     """
 
     rest_port: int
@@ -75,7 +86,7 @@ class EdgeSettings:
     audience: str = "orchestra-api"
     jwks_cache_seconds: int = DEFAULT_JWKS_CACHE_SECONDS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    admin_port: int | None = 0
+    admin_socket: Path | None = None
     tenant_rate_limit: TenantRateLimit | None = field(default_factory=TenantRateLimit)
 
     def __post_init__(self) -> None:
@@ -86,8 +97,9 @@ class EdgeSettings:
         for upstream in self.upstreams:
             if not 0 < upstream.port < 65536:
                 raise ValueError(f"bad upstream port {upstream.port}")
-        if self.admin_port is not None and not 0 <= self.admin_port < 65536:
-            raise ValueError("admin_port must be between 0 and 65535")
+        # sockaddr_un holds 107 bytes of path.
+        if self.admin_socket is not None and len(os.fsencode(Path(self.admin_socket).resolve())) > 107:
+            raise ValueError("admin_socket path is too long for a unix socket")
         if self.jwks_cache_seconds < 1:
             raise ValueError("jwks_cache_seconds must be at least 1")
         if self.max_request_bytes < 1:
@@ -125,10 +137,11 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _admin_block(admin_port: int | None) -> str:
-    if admin_port is None:
+def _admin_block(admin_socket: Path | None) -> str:
+    if admin_socket is None:
         return ""
-    return f"admin:\n  address:\n    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}\n"
+    path = _q(str(Path(admin_socket).resolve()))
+    return f"admin:\n  address:\n    pipe: {{ path: {path}, mode: {ADMIN_SOCKET_MODE} }}\n"
 
 
 def _endpoints(upstreams: tuple[Upstream, ...]) -> str:
@@ -146,8 +159,8 @@ def _rate_limit_filter(limit: TenantRateLimit | None) -> str:
     indent = " " * 10
     lines = [
         "# One token bucket per tenant, keyed on the verified tenant header.",
-        "# Requests without it (token and JWKS calls) share the filter-wide",
-        "# bucket instead.",
+        "# The token and JWKS routes carry no tenant: each has a bucket of its",
+        "# own (typed_per_filter_config on the route).",
         "- name: envoy.filters.http.local_ratelimit",
         "  typed_config:",
         '    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit',
@@ -176,6 +189,30 @@ def _rate_limit_filter(limit: TenantRateLimit | None) -> str:
     return "\n".join(indent + line for line in lines)
 
 
+def _route_rate_limit(limit: TenantRateLimit | None, name: str) -> str:
+    """A bucket of the route's own, replacing the filter-wide one on that route."""
+    if limit is None:
+        return ""
+    indent = " " * 16
+    lines = [
+        "typed_per_filter_config:",
+        "  envoy.filters.http.local_ratelimit:",
+        '    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit',
+        f"    stat_prefix: {name}_rate_limit",
+        "    token_bucket:",
+        f"      max_tokens: {limit.burst * UNAUTHENTICATED_RATE_FACTOR}",
+        f"      tokens_per_fill: {limit.requests_per_second * UNAUTHENTICATED_RATE_FACTOR}",
+        "      fill_interval: 1s",
+        "    filter_enabled:",
+        "      default_value: { numerator: 100, denominator: HUNDRED }",
+        "      runtime_key: orchestra.tenant_rate_limit.enabled",
+        "    filter_enforced:",
+        "      default_value: { numerator: 100, denominator: HUNDRED }",
+        "      runtime_key: orchestra.tenant_rate_limit.enforced",
+    ]
+    return "\n".join(indent + line for line in lines)
+
+
 def render_envoy_config(settings: EdgeSettings) -> str:
     """The Envoy bootstrap YAML for ``settings``."""
     directory = edge_dir()
@@ -184,7 +221,7 @@ def render_envoy_config(settings: EdgeSettings) -> str:
     self_host = connect_host(settings.rest_host)
     jwks_uri = f"http://{url_host(self_host)}:{settings.rest_port}/.well-known/jwks.json"
     return template.substitute(
-        admin=_admin_block(settings.admin_port),
+        admin=_admin_block(settings.admin_socket),
         rest_host=_q(settings.rest_host),
         rest_port=settings.rest_port,
         self_host=_q(self_host),
@@ -197,4 +234,11 @@ def render_envoy_config(settings: EdgeSettings) -> str:
         max_request_bytes=settings.max_request_bytes,
         lua_source=_q(lua_source),
         tenant_rate_limit_filter=_rate_limit_filter(settings.tenant_rate_limit),
+        token_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "token"),
+        jwks_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "jwks"),
+        # No client caches the key set longer than the edge does, so the
+        # publish lead that covers the edge covers them too.
+        jwks_cache_control=_q(f"public, max-age={settings.jwks_cache_seconds}"),
+        request_headers_timeout=_q(f"{REQUEST_HEADERS_TIMEOUT_SECONDS}s"),
+        request_timeout=_q(f"{REQUEST_TIMEOUT_SECONDS}s"),
     )

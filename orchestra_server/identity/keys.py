@@ -29,6 +29,11 @@ DEFAULT_FILE_NAME = "signing-keys.json"
 # The edge caches the key set and does not refetch on an unknown kid, so a new
 # key must be published for longer than that cache lives before it signs.
 DEFAULT_PUBLISH_LEAD = timedelta(minutes=10)
+# How often the edge refetches the key set (its JWKS cache period).
+KEY_SET_REFRESH_SECONDS = 30
+# The shortest lead that covers the edge: one refresh period, plus the
+# processes' reload of the key file and the fetch itself.
+MIN_PUBLISH_LEAD = timedelta(seconds=KEY_SET_REFRESH_SECONDS + 5)
 DEFAULT_MAX_TOKEN_LIFETIME = timedelta(hours=1)
 # Covers verifier leeway and clock skew between the processes sharing the file.
 DEFAULT_RETENTION_MARGIN = timedelta(minutes=5)

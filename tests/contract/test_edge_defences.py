@@ -1,0 +1,206 @@
+"""The edge under abuse: anonymous budgets, long URLs, uniform token refusals, slow requests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from orchestra_server.edge import EnvoyProcess, TenantRateLimit, Upstream
+from orchestra_server.edge.config import REQUEST_HEADERS_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS
+from orchestra_server.identity.keys import KeyRing, signing_keys_path
+from tests.contract.conftest import Cli, Service, start_edge
+from tests.contract.helpers import Consumer, assert_error, assert_ok
+
+pytestmark = pytest.mark.timeout(120)
+
+FLOOD_CONNECTIONS = 16
+
+
+@pytest.fixture
+def small_budget_edge(service: Service, tmp_path: Path) -> Iterator[EnvoyProcess]:
+    # Small enough that a loop of 16 Python connections exhausts any
+    # anonymous bucket within a second.
+    edge = start_edge(
+        tmp_path,
+        (Upstream("127.0.0.1", service.port),),
+        tenant_rate_limit=TenantRateLimit(requests_per_second=2, burst=4),
+    )
+    yield edge
+    edge.stop()
+
+
+def test_a_key_set_flood_leaves_token_requests_alone(small_budget_edge: EnvoyProcess, acme: Consumer) -> None:
+    url = small_budget_edge.rest_url
+    stop = threading.Event()
+    flood_statuses: list[int] = []
+
+    def flood() -> None:
+        with httpx.Client(base_url=url, timeout=5) as client:
+            while not stop.is_set():
+                flood_statuses.append(client.get("/.well-known/jwks.json").status_code)
+
+    threads = [threading.Thread(target=flood) for _ in range(FLOOD_CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            statuses = []
+            for _ in range(10):
+                response = client.post(
+                    "/oauth/token",
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_id": acme.client_id,
+                        "client_secret": acme.client_secret,
+                    },
+                )
+                statuses.append(response.status_code)
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    # The flood did use up its own budget, so the token requests were tested under it.
+    assert 429 in flood_statuses
+    assert statuses == [200] * 10
+
+
+def test_the_key_set_may_be_cached_and_nothing_else(http: httpx.Client, acme: Consumer) -> None:
+    keys = http.get("/.well-known/jwks.json")
+    assert keys.status_code == 200
+    assert keys.headers["cache-control"].startswith("public, max-age=")
+    token = http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": acme.client_id, "client_secret": acme.client_secret},
+    )
+    assert_ok(token)
+    assert_ok(http.get("/orchestra-api/instances", headers=acme.headers))
+    # An error on the key set's route is not cacheable.
+    assert_error(http.post("/.well-known/jwks.json"), 404)
+
+
+@pytest.mark.parametrize("length", [9_000, 15_000])
+def test_a_very_long_instance_id_is_unknown_every_time(http: httpx.Client, acme: Consumer, length: int) -> None:
+    instance_id = "x" * length
+    for _ in range(15):
+        assert_error(http.get(f"/orchestra-api/instance/{instance_id}", headers=acme.headers), 404)
+        assert assert_ok(http.get(f"/orchestra-api/instance/{instance_id}/variables", headers=acme.headers)) == {}
+        assert_error(
+            http.put(f"/orchestra-api/instance/{instance_id}/variable/a", json={"value": 1}, headers=acme.headers),
+            422,
+        )
+
+
+def _token_with(cli: Cli, acme: Consumer, *, kid: str | None = None, **changes: object) -> str:
+    now = datetime.now(UTC)
+    key = KeyRing.load_or_create(signing_keys_path(cli.data_dir), now).signing_key(now)
+    claims = {**jwt.decode(acme.token, options={"verify_signature": False}), "jti": uuid.uuid4().hex, **changes}
+    return jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": kid or key.kid, "typ": "at+jwt"})
+
+
+def test_every_refused_token_gets_the_services_message(
+    http: httpx.Client, cli: Cli, acme: Consumer, edge: EnvoyProcess
+) -> None:
+    now = int(time.time())
+    real_kid = jwt.get_unverified_header(acme.token)["kid"]
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    claims = jwt.decode(acme.token, options={"verify_signature": False})
+    refused = {
+        "expired": _token_with(cli, acme, iat=now - 7200, nbf=now - 7200, exp=now - 3600),
+        "unknown kid": _token_with(cli, acme, kid="no-such-key"),
+        "another audience": _token_with(cli, acme, aud="someone-else"),
+        "another issuer": _token_with(cli, acme, iss="someone-else"),
+        "forged signature": jwt.encode(claims, stranger, algorithm="ES256", headers={"kid": real_kid}),
+        "not a jwt": "not-a-jwt",
+    }
+    for name, token in refused.items():
+        response = http.get("/orchestra-api/instances", headers={"authorization": f"Bearer {token}"})
+        assert assert_error(response, 401) == "invalid access token", name
+        assert "jwt" not in response.headers.get("www-authenticate", "").lower(), name
+    assert_error(http.get("/orchestra-api/instances"), 401, "missing access token")
+    assert_error(
+        http.get("/orchestra-api/instances", headers={"authorization": f"Basic {acme.token}"}),
+        401,
+        "invalid access token",
+    )
+    # The edge's log keeps the reason an operator needs.
+    deadline = time.monotonic() + 5
+    while "Jwt_is_expired" not in _read(edge.log_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = _read(edge.log_path)
+    assert "Jwt_is_expired" in log
+    assert acme.token not in log
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _trickle(edge: EnvoyProcess, head: bytes, drip: bytes, limit: float) -> tuple[float, bytes]:
+    """Sends `head`, then `drip` a byte every 0.25 s; the answer and when it came."""
+    host, port = edge.rest_url.removeprefix("http://").rsplit(":", 1)
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=limit) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.25)
+        answer = b""
+        for index in range(int(limit / 0.25)):
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+                if b"\r\n\r\n" in answer:
+                    sock.settimeout(1.0)
+                    continue
+            except TimeoutError:
+                pass
+            if b"\r\n\r\n" in answer:
+                break
+            try:
+                sock.sendall(drip[index % len(drip) : index % len(drip) + 1])
+            except OSError:
+                pass
+        return time.monotonic() - started, answer
+
+
+def test_slow_requests_are_cut_off_with_a_clean_answer(edge: EnvoyProcess) -> None:
+    slow_body = (
+        b"POST /oauth/token HTTP/1.1\r\nHost: edge\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+    )
+    slow_headers = b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: edge\r\n"
+    results: dict[str, tuple[float, bytes]] = {}
+    limit = REQUEST_TIMEOUT_SECONDS + 5
+    threads = [
+        threading.Thread(target=lambda: results.__setitem__("body", _trickle(edge, slow_body, b"a=b&", limit))),
+        threading.Thread(
+            target=lambda: results.__setitem__("headers", _trickle(edge, slow_headers, b"X-Slow: yes\r\n", limit))
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(limit + 5)
+    for name, allowed, message in (
+        ("body", REQUEST_TIMEOUT_SECONDS, b'{"error":"request timeout"}'),
+        ("headers", REQUEST_HEADERS_TIMEOUT_SECONDS, b'{"error":"request header timeout"}'),
+    ):
+        elapsed, answer = results[name]
+        assert answer.startswith(b"HTTP/1.1 408"), (name, elapsed, answer[:200])
+        assert elapsed < allowed + 2, (name, elapsed)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"cache-control: no-store" in head.lower(), name
+        # The answer is chunked; its one chunk is the contract's error.
+        assert message in body, (name, body)
