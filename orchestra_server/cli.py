@@ -231,6 +231,11 @@ def serve(
 )
 @click.option("--issuer", envvar="ORCHESTRA_ISSUER", default=None, help="Access token issuer (iss).")
 @click.option("--audience", envvar="ORCHESTRA_AUDIENCE", default=None, help="Access token audience (aud).")
+@click.option(
+    "--edge-admin",
+    is_flag=True,
+    help="Open Envoy's admin interface on <data-dir>/edge/admin.sock (owner only).",
+)
 @observability_options
 @reports_errors
 def up(
@@ -243,6 +248,7 @@ def up(
     demo: bool,
     issuer: str | None,
     audience: str | None,
+    edge_admin: bool,
     metrics_host: str,
     metrics_port: int | None,
     log_format: str | None,
@@ -274,6 +280,7 @@ def up(
             upstreams=tuple(Upstream(runtime.connect_host(s.host), s.port) for s in specs),
             issuer=settings.issuer,
             audience=settings.audience,
+            admin_socket=settings.data_dir / "edge" / "admin.sock" if edge_admin else None,
         ),
         settings.data_dir / "edge",
     )
@@ -581,14 +588,25 @@ def keys() -> None:
     "--publish-lead",
     type=click.IntRange(0, 86_400),
     default=None,
-    help="Seconds the new key is published before it signs (default 60; above the edge's 30 s cache).",
+    help="Seconds the new key is published before it signs (default 60; at least 35: the edge "
+    "refetches keys every 30 s).",
 )
 @reports_errors
 def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
     """Add a new signing key: published at once, used after the publish lead; old keys stay published."""
     from datetime import timedelta
 
+    from orchestra_server.identity.keys import KEY_SET_REFRESH_SECONDS, MIN_PUBLISH_LEAD
+
     lead = timedelta(seconds=publish_lead) if publish_lead is not None else settings.key_publish_lead
+    if lead < MIN_PUBLISH_LEAD:
+        # The edge would refuse the new key's tokens until its next refresh.
+        raise click.BadParameter(
+            f"{lead.total_seconds():.0f} s is too short: the edge refetches the signing keys every "
+            f"{KEY_SET_REFRESH_SECONDS} s, so a new key must be published at least "
+            f"{MIN_PUBLISH_LEAD.total_seconds():.0f} s before it signs",
+            param_hint="'--publish-lead'",
+        )
     with opened(settings) as app:
         key = app.key_ring.rotate(app.clock(), lead)
     click.echo(f"new key {key.kid} signs from {key.active_from.isoformat()}")
