@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from orchestra_server.identity.authenticator import Authenticator, check_forwarded_tenant
-from orchestra_server.identity.keys import KeyRing
+from orchestra_server.identity.keys import KeyRing, load_or_create_page_token_key
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.metrics import Metrics
 from orchestra_server.service.definitions import DefinitionService
@@ -143,7 +143,12 @@ def build_application(
         settings=settings,
         database=database,
         clock=clock,
-        processes=ProcessService(database, clock=clock, new_id=ids),
+        processes=ProcessService(
+            database,
+            clock=clock,
+            new_id=ids,
+            page_token_key=load_or_create_page_token_key(settings.signing_keys_path),
+        ),
         definitions=DefinitionService(database, clock=clock),
         directory=directory,
         key_ring=key_ring,
