@@ -168,6 +168,9 @@ class EnvoyProcess:
             self._log_level,
             # No shared memory between edges: several may run on one host.
             "--disable-hot-restart",
+            # The log of refused tokens is written within a second, not ten.
+            "--file-flush-interval-msec",
+            "1000",
         ]
         if self._concurrency is not None:
             command += ["--concurrency", str(self._concurrency)]
