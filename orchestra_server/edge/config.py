@@ -38,6 +38,9 @@ DEFAULT_MAX_REQUEST_BYTES = 2 * 1024 * 1024
 # new key at least this long before it signs (the key ring's rule).
 DEFAULT_JWKS_CACHE_SECONDS = KEY_SET_REFRESH_SECONDS
 TENANT_HEADER = "x-orchestra-tenant"
+# The edge fetches the key set from its own internal listener; the host only
+# names it (the cluster decides where the request goes).
+JWKS_URI = "http://edge-key-set/.well-known/jwks.json"
 # The token and JWKS endpoints carry no tenant; each has a budget of its own
 # of this many times one tenant's, so flooding one cannot lock clients out of
 # the other.
@@ -72,8 +75,8 @@ class TenantRateLimit:
 class EdgeSettings:
     """Parameters of one edge process.
 
-    ``rest_port`` must be a real port (not 0): the edge fetches the JWKS
-    through its own listener. ``admin_socket`` opts in to Envoy's admin
+    ``rest_port`` must be a real port (not 0): ``EnvoyProcess`` waits for
+    it to answer. ``admin_socket`` opts in to Envoy's admin
     interface on that unix socket, readable by the owner only; by default
     there is none.
     """
@@ -218,18 +221,15 @@ def render_envoy_config(settings: EdgeSettings) -> str:
     directory = edge_dir()
     template = Template((directory / TEMPLATE_NAME).read_text(encoding="utf-8"))
     lua_source = (directory / LUA_NAME).read_text(encoding="utf-8")
-    self_host = connect_host(settings.rest_host)
-    jwks_uri = f"http://{url_host(self_host)}:{settings.rest_port}/.well-known/jwks.json"
     return template.substitute(
         admin=_admin_block(settings.admin_socket),
         rest_host=_q(settings.rest_host),
         rest_port=settings.rest_port,
-        self_host=_q(self_host),
         upstream_endpoints=_endpoints(settings.upstreams),
         descriptor_path=_q(str(Path(settings.descriptor_path).resolve())),
         issuer=_q(settings.issuer),
         audience=_q(settings.audience),
-        jwks_uri=_q(jwks_uri),
+        jwks_uri=_q(JWKS_URI),
         jwks_cache_duration=_q(f"{settings.jwks_cache_seconds}s"),
         max_request_bytes=settings.max_request_bytes,
         lua_source=_q(lua_source),

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from orchestra_server.edge import EnvoyProcess, TenantRateLimit, Upstream
 from orchestra_server.edge.config import REQUEST_HEADERS_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS
 from orchestra_server.identity.keys import KeyRing, signing_keys_path
-from tests.contract.conftest import Cli, Service, start_edge
+from tests.contract.conftest import JWKS_CACHE_SECONDS, Cli, Service, start_edge
 from tests.contract.helpers import Consumer, assert_error, assert_ok
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,33 +48,67 @@ def small_budget_edge(service: Service, tmp_path: Path) -> Iterator[EnvoyProcess
     edge.stop()
 
 
-def test_a_key_set_flood_leaves_token_requests_alone(small_budget_edge: EnvoyProcess, acme: Consumer) -> None:
-    url = small_budget_edge.rest_url
+@contextlib.contextmanager
+def _key_set_flood(url: str) -> Iterator[list[int]]:
+    """FLOOD_CONNECTIONS connections looping GET /.well-known/jwks.json; yields their statuses."""
     stop = threading.Event()
-    flood_statuses: list[int] = []
+    statuses: list[int] = []
 
     def flood() -> None:
         with httpx.Client(base_url=url, timeout=5) as client:
             while not stop.is_set():
-                flood_statuses.append(client.get("/.well-known/jwks.json").status_code)
+                statuses.append(client.get("/.well-known/jwks.json").status_code)
 
     threads = [threading.Thread(target=flood) for _ in range(FLOOD_CONNECTIONS)]
     for thread in threads:
         thread.start()
     try:
         time.sleep(1.0)
-        with httpx.Client(base_url=url, timeout=10) as client:
-            statuses = []
-            for _ in range(10):
-                statuses.append(client.post("/oauth/token", data=_token_form(acme)).status_code)
-                time.sleep(0.1)
+        yield statuses
     finally:
         stop.set()
         for thread in threads:
             thread.join(10)
-    # The flood did use up its own budget, so the token requests were tested under it.
-    assert 429 in flood_statuses
+    # The flood did use up its own budget, so what ran under it was tested.
+    assert 429 in statuses
+
+
+def test_a_key_set_flood_leaves_token_requests_alone(small_budget_edge: EnvoyProcess, acme: Consumer) -> None:
+    with (
+        _key_set_flood(small_budget_edge.rest_url),
+        httpx.Client(base_url=small_budget_edge.rest_url) as client,
+    ):
+        statuses = []
+        for _ in range(10):
+            statuses.append(client.post("/oauth/token", data=_token_form(acme)).status_code)
+            time.sleep(0.1)
     assert statuses == [200] * 10
+
+
+def test_a_key_set_flood_leaves_the_edge_its_own_key_refresh(
+    small_budget_edge: EnvoyProcess, cli: Cli, acme: Consumer
+) -> None:
+    url = small_budget_edge.rest_url
+    with _key_set_flood(url), httpx.Client(base_url=url, timeout=10) as client:
+        now = datetime.now(UTC)
+        # A lead that covers this edge's refresh period (JWKS_CACHE_SECONDS).
+        new_kid = (
+            KeyRing.load_or_create(signing_keys_path(cli.data_dir), now)
+            .rotate(now, timedelta(seconds=JWKS_CACHE_SECONDS + 2))
+            .kid
+        )
+        deadline = time.monotonic() + 4 * JWKS_CACHE_SECONDS + 10
+        token = ""
+        while time.monotonic() < deadline:
+            answer = client.post("/oauth/token", data=_token_form(acme))
+            assert answer.status_code == 200, answer.text
+            token = answer.json()["access_token"]
+            if jwt.get_unverified_header(token)["kid"] == new_kid:
+                break
+            time.sleep(0.5)
+        assert jwt.get_unverified_header(token)["kid"] == new_kid
+        # The edge refreshed its keys through the flood: the new key's token passes.
+        assert_ok(client.get("/orchestra-api/instances", headers={"authorization": f"Bearer {token}"}))
 
 
 def test_the_key_set_may_be_cached_and_nothing_else(http: httpx.Client, acme: Consumer) -> None:

@@ -74,8 +74,9 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
         "stat_prefix: jwks_rate_limit",
         "tokens_per_fill: 70",
         '"public, max-age=45"',
-        # A wildcard listener fetches its JWKS over loopback.
-        '"http://127.0.0.1:18081/.well-known/jwks.json"',
+        # The edge fetches its JWKS from its internal listener, never
+        # through the public one and its budgets.
+        "server_listener_name: key_set",
     ):
         assert expected in text
 
