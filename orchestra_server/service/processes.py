@@ -112,8 +112,8 @@ class ProcessService:
         self._db = database
         self._clock = clock
         self._new_id = new_id
-        # Shared by every process serving the same database (see
-        # identity.keys.load_or_create_page_token_key).
+        # Shared by every worker and host serving this deployment, so a page
+        # token from one is good at all (identity.keys.load_or_create_page_token_key).
         self._page_token_key = page_token_key
         self._definitions = definitions or DefinitionCache()
 
@@ -383,7 +383,8 @@ _MAX_POSITION = 2**63 - 1
 
 
 def _page_token_mac(position: bytes, filters: list[str], key: bytes) -> bytes:
-    message = _PAGE_TOKEN_CONTEXT + position + "\x00".join(filters).encode()
+    # JSON keeps any two different filter lists apart.
+    message = _PAGE_TOKEN_CONTEXT + position + json.dumps(filters).encode()
     return hmac.new(key, message, hashlib.sha256).digest()[:_PAGE_TOKEN_MAC_BYTES]
 
 
