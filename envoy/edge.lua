@@ -8,6 +8,8 @@
 --   service's own only when the service set `x-http-status` (a deliberate,
 --   safe abort); anything else, an unhandled exception included, gets a
 --   fixed text so internals never leak.
+-- * Caching: every answer is `no-store`, except a successful answer of a
+--   route whose metadata names a `cache_control` (the public key set).
 -- * Shapes: typed single-field responses are unwrapped to the bare object or
 --   array the contract names; the list's page token moves to the
 --   `x-next-page-token` header.
@@ -194,6 +196,11 @@ local UNWRAP = {
 
 function envoy_on_response(handle)
   local headers = handle:headers()
+  local cache_control = "no-store"
+  if headers:get(":status") == "200" then
+    cache_control = handle:metadata():get("cache_control") or cache_control
+  end
+  headers:replace("cache-control", cache_control)
   -- A raw gRPC call (refused for want of a route) keeps its gRPC status.
   local content_type = headers:get("content-type") or ""
   if content_type:sub(1, 16) == "application/grpc" then

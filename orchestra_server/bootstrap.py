@@ -20,7 +20,7 @@ from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
 from orchestra_server.edge.config import REPO_ROOT
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from orchestra_server.identity.authenticator import Authenticator, check_forwarded_tenant
-from orchestra_server.identity.keys import KeyRing
+from orchestra_server.identity.keys import KeyRing, load_or_create_page_token_key
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.metrics import Metrics
 from orchestra_server.service.definitions import DefinitionService
@@ -209,7 +209,12 @@ def build_application(
     key_ring = open_key_ring(settings, clock())
     issuer = AccessTokenIssuer(key_ring, settings.issuer, settings.audience, lifetime=settings.token_lifetime)
     verifier = AccessTokenVerifier(key_ring, settings.issuer, settings.audience)
-    processes = ProcessService(database, clock=clock, new_id=ids)
+    processes = ProcessService(
+        database,
+        clock=clock,
+        new_id=ids,
+        page_token_key=load_or_create_page_token_key(settings.signing_keys_path),
+    )
     timers = TimerScheduler(database, processes, clock=clock) if scheduler else None
     metrics = Metrics()
     metrics.watch(lambda: read_engine_state(database, clock()), timers)
@@ -231,9 +236,17 @@ def build_application(
 
 
 def build_edge(
-    settings: Settings, rest_host: str, rest_port: int, upstreams: Sequence[tuple[str, int]]
+    settings: Settings,
+    rest_host: str,
+    rest_port: int,
+    upstreams: Sequence[tuple[str, int]],
+    *,
+    admin: bool = False,
 ) -> EnvoyProcess:
-    """The REST edge in front of the workers at `upstreams` (host, port), not yet started."""
+    """The REST edge in front of the workers at `upstreams` (host, port), not yet started.
+
+    With `admin` its admin interface listens on a unix socket only the owner may open.
+    """
     return EnvoyProcess(
         EdgeSettings(
             rest_host=rest_host,
@@ -242,6 +255,7 @@ def build_edge(
             issuer=settings.issuer,
             audience=settings.audience,
             template_dir=settings.edge_dir,
+            admin_socket=settings.data_dir / "edge" / "admin.sock" if admin else None,
         ),
         settings.data_dir / "edge",
     )

@@ -22,8 +22,10 @@ from orchestra_server.bootstrap import (
     utc_now,
 )
 from orchestra_server.errors import OrchestraError
+from orchestra_server.identity.keys import MIN_PUBLISH_LEAD
 from orchestra_server.settings import ENVIRONMENT, Settings, SettingsError
 from orchestra_server.storage.database import DatabaseNotReady
+from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = Settings()
@@ -274,6 +276,11 @@ def serve(
 @click.option(
     "--demo", is_flag=True, help="On a fresh database: deploy the examples and create a demo consumer."
 )
+@click.option(
+    "--edge-admin",
+    is_flag=True,
+    help="Open the edge's admin interface on <data-dir>/edge/admin.sock (owner only; off by default).",
+)
 @reports_errors
 def up(
     settings: Settings,
@@ -283,6 +290,7 @@ def up(
     grpc_port: int,
     workers: int | None,
     demo: bool,
+    edge_admin: bool,
 ) -> None:
     """Run the service and the REST edge together until Ctrl-C or SIGTERM."""
     from orchestra_server import runtime
@@ -299,7 +307,11 @@ def up(
     try:
         with runtime.running_pool(settings, specs, log_dir=settings.data_dir / "logs") as (pool, stop):
             edge = build_edge(
-                settings, http_host, http_port, [(runtime.connect_host(s.host), s.port) for s in specs]
+                settings,
+                http_host,
+                http_port,
+                [(runtime.connect_host(s.host), s.port) for s in specs],
+                admin=edge_admin,
             )
             try:
                 edge.start()
@@ -584,7 +596,8 @@ def keys() -> None:
     type=click.IntRange(0, 86_400),
     default=None,
     help="Seconds the new key is published before it signs "
-    f"(default {int(DEFAULTS.key_publish_lead.total_seconds())}; above the edge's 30 s cache).",
+    f"(default {int(DEFAULTS.key_publish_lead.total_seconds())}; at least "
+    f"{int(MIN_PUBLISH_LEAD.total_seconds())}: the edge refetches keys every {KEY_SET_REFRESH_SECONDS} s).",
 )
 @reports_errors
 def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
@@ -592,6 +605,14 @@ def keys_rotate(settings: Settings, publish_lead: int | None) -> None:
     from datetime import timedelta
 
     lead = timedelta(seconds=publish_lead) if publish_lead is not None else settings.key_publish_lead
+    if lead < MIN_PUBLISH_LEAD:
+        # The edge would refuse the new key's tokens until its next refresh.
+        raise click.BadParameter(
+            f"{lead.total_seconds():.0f} s is too short: the edge refetches the signing keys every "
+            f"{KEY_SET_REFRESH_SECONDS} s, so a new key must be published at least "
+            f"{MIN_PUBLISH_LEAD.total_seconds():.0f} s before it signs",
+            param_hint="'--publish-lead'",
+        )
     now = utc_now()
     key = open_key_ring(settings, now).rotate(now, lead)
     click.echo(f"new key {key.kid} signs from {key.active_from.isoformat()}")

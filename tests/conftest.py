@@ -119,6 +119,9 @@ def clock() -> FakeClock:
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+# Every ProcessService a test builds signs page tokens with this key, as the
+# workers of one deployment share theirs.
+PAGE_TOKEN_KEY = bytes(range(32))
 
 
 # --- a run leaves the tree as it found it --------------------------------------------------------

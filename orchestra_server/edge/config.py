@@ -4,7 +4,7 @@ API:
 
 - ``EdgeSettings``: every parameter of the edge (listen address, upstream
   gRPC endpoints, descriptor set, issuer, audience, JWKS cache period, body
-  limit, admin port, per-tenant rate limit).
+  limit, admin socket, per-tenant rate limit).
 - ``Upstream``: one gRPC worker process, ``host:port``.
 - ``TenantRateLimit``: the per-tenant token bucket.
 - ``render_envoy_config(settings) -> str``: the bootstrap YAML.
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 from orchestra_server.wire import limits
+from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
 from orchestra_server.wire.message_sizes import MAX_REST_RESPONSE_BYTES, protobuf_bound
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,14 +36,25 @@ DEFAULT_DESCRIPTOR = REPO_ROOT / "gen" / "orchestra.pb"
 # The published request body limit. The service itself allows 1 MiB per
 # variable, so a body carrying one maximal variable still fits.
 DEFAULT_MAX_REQUEST_BYTES = limits.MAX_REQUEST_BYTES
-# The edge refetches the JWKS at this period and not on an unknown key id, so
-# the key ring publishes a new key longer than this before signing with it
-# (twice: identity.keys.DEFAULT_PUBLISH_LEAD, 60 s).
-DEFAULT_JWKS_CACHE_SECONDS = 30
+# The edge refetches the JWKS at this period and not on an unknown key id, so the key ring
+# publishes a new key longer than this before signing with it (identity.keys.MIN_PUBLISH_LEAD;
+# by default twice as long, identity.keys.DEFAULT_PUBLISH_LEAD).
+DEFAULT_JWKS_CACHE_SECONDS = KEY_SET_REFRESH_SECONDS
 TENANT_HEADER = "x-orchestra-tenant"
-# The token and JWKS endpoints carry no tenant; together they get this many
-# times one tenant's budget.
+# The edge fetches the key set from its own internal listener; the host only
+# names it (the cluster decides where the request goes).
+JWKS_URI = "http://edge-key-set/.well-known/jwks.json"
+# The token and JWKS endpoints carry no tenant; each has a budget of its own
+# of this many times one tenant's, so flooding one cannot lock clients out of
+# the other.
 UNAUTHENTICATED_RATE_FACTOR = 10
+# A client has this long to send its request headers, and this long to send
+# its whole request, headers and body (408 otherwise).
+REQUEST_HEADERS_TIMEOUT_SECONDS = 10
+REQUEST_TIMEOUT_SECONDS = 15
+# Owner-only: the admin interface can stop Envoy and raise its log level
+# until it writes bearer tokens.
+ADMIN_SOCKET_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -65,9 +78,10 @@ class TenantRateLimit:
 class EdgeSettings:
     """Parameters of one edge process.
 
-    ``rest_port`` must be a real port (not 0): the edge fetches the JWKS
-    through its own listener. ``admin_port`` 0 lets the OS choose (see
-    ``EnvoyProcess``); ``None`` runs without the admin interface.
+    ``rest_port`` must be a real port (not 0): ``EnvoyProcess`` waits for
+    it to answer. ``admin_socket`` opts in to Envoy's admin
+    interface on that unix socket, readable by the owner only; by default
+    there is none.
     """
 
     rest_port: int
@@ -78,7 +92,7 @@ class EdgeSettings:
     audience: str = "orchestra-api"
     jwks_cache_seconds: int = DEFAULT_JWKS_CACHE_SECONDS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    admin_port: int | None = 0
+    admin_socket: Path | None = None
     tenant_rate_limit: TenantRateLimit | None = field(default_factory=TenantRateLimit)
     # Where the template and the Lua source are read from (None: ``envoy/``).
     template_dir: Path | None = None
@@ -91,8 +105,9 @@ class EdgeSettings:
         for upstream in self.upstreams:
             if not 0 < upstream.port < 65536:
                 raise ValueError(f"bad upstream port {upstream.port}")
-        if self.admin_port is not None and not 0 <= self.admin_port < 65536:
-            raise ValueError("admin_port must be between 0 and 65535")
+        # sockaddr_un holds 107 bytes of path.
+        if self.admin_socket is not None and len(os.fsencode(Path(self.admin_socket).resolve())) > 107:
+            raise ValueError("admin_socket path is too long for a unix socket")
         if self.jwks_cache_seconds < 1:
             raise ValueError("jwks_cache_seconds must be at least 1")
         if self.max_request_bytes < 1:
@@ -129,10 +144,11 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _admin_block(admin_port: int | None) -> str:
-    if admin_port is None:
+def _admin_block(admin_socket: Path | None) -> str:
+    if admin_socket is None:
         return ""
-    return f"admin:\n  address:\n    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}\n"
+    path = _q(str(Path(admin_socket).resolve()))
+    return f"admin:\n  address:\n    pipe: {{ path: {path}, mode: {ADMIN_SOCKET_MODE} }}\n"
 
 
 def _endpoints(upstreams: tuple[Upstream, ...]) -> str:
@@ -150,8 +166,8 @@ def _rate_limit_filter(limit: TenantRateLimit | None) -> str:
     indent = " " * 10
     lines = [
         "# One token bucket per tenant, keyed on the verified tenant header.",
-        "# Requests without it (token and JWKS calls) share the filter-wide",
-        "# bucket instead.",
+        "# The token and JWKS routes carry no tenant: each has a bucket of its",
+        "# own (typed_per_filter_config on the route).",
         "- name: envoy.filters.http.local_ratelimit",
         "  typed_config:",
         '    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit',
@@ -180,23 +196,44 @@ def _rate_limit_filter(limit: TenantRateLimit | None) -> str:
     return "\n".join(indent + line for line in lines)
 
 
+def _route_rate_limit(limit: TenantRateLimit | None, name: str) -> str:
+    """A bucket of the route's own, replacing the filter-wide one on that route."""
+    if limit is None:
+        return ""
+    indent = " " * 16
+    lines = [
+        "typed_per_filter_config:",
+        "  envoy.filters.http.local_ratelimit:",
+        '    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit',
+        f"    stat_prefix: {name}_rate_limit",
+        "    token_bucket:",
+        f"      max_tokens: {limit.burst * UNAUTHENTICATED_RATE_FACTOR}",
+        f"      tokens_per_fill: {limit.requests_per_second * UNAUTHENTICATED_RATE_FACTOR}",
+        "      fill_interval: 1s",
+        "    filter_enabled:",
+        "      default_value: { numerator: 100, denominator: HUNDRED }",
+        "      runtime_key: orchestra.tenant_rate_limit.enabled",
+        "    filter_enforced:",
+        "      default_value: { numerator: 100, denominator: HUNDRED }",
+        "      runtime_key: orchestra.tenant_rate_limit.enforced",
+    ]
+    return "\n".join(indent + line for line in lines)
+
+
 def render_envoy_config(settings: EdgeSettings) -> str:
     """The Envoy bootstrap YAML for ``settings``."""
     directory = edge_dir(settings.template_dir)
     template = Template((directory / TEMPLATE_NAME).read_text(encoding="utf-8"))
     lua_source = (directory / LUA_NAME).read_text(encoding="utf-8")
-    self_host = connect_host(settings.rest_host)
-    jwks_uri = f"http://{url_host(self_host)}:{settings.rest_port}/.well-known/jwks.json"
     return template.substitute(
-        admin=_admin_block(settings.admin_port),
+        admin=_admin_block(settings.admin_socket),
         rest_host=_q(settings.rest_host),
         rest_port=settings.rest_port,
-        self_host=_q(self_host),
         upstream_endpoints=_endpoints(settings.upstreams),
         descriptor_path=_q(str(Path(settings.descriptor_path).resolve())),
         issuer=_q(settings.issuer),
         audience=_q(settings.audience),
-        jwks_uri=_q(jwks_uri),
+        jwks_uri=_q(JWKS_URI),
         jwks_cache_duration=_q(f"{settings.jwks_cache_seconds}s"),
         max_request_bytes=settings.max_request_bytes,
         # What the transcoder may hold: the protobuf an admitted body becomes, and the largest
@@ -205,4 +242,11 @@ def render_envoy_config(settings: EdgeSettings) -> str:
         max_response_bytes=MAX_REST_RESPONSE_BYTES,
         lua_source=_q(lua_source),
         tenant_rate_limit_filter=_rate_limit_filter(settings.tenant_rate_limit),
+        token_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "token"),
+        jwks_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "jwks"),
+        # No client caches the key set longer than the edge does, so the
+        # publish lead that covers the edge covers them too.
+        jwks_cache_control=_q(f"public, max-age={settings.jwks_cache_seconds}"),
+        request_headers_timeout=_q(f"{REQUEST_HEADERS_TIMEOUT_SECONDS}s"),
+        request_timeout=_q(f"{REQUEST_TIMEOUT_SECONDS}s"),
     )

@@ -6,7 +6,8 @@ API:
   bootstrap to ``run_dir/envoy.yaml``, starts Envoy (output in
   ``run_dir/envoy.log``) and returns once the REST listener answers;
   ``stop()`` sends SIGTERM, then SIGKILL after a grace period. Usable as a
-  context manager.
+  context manager. With ``settings.admin_socket`` set, readiness is Envoy's
+  own ``/ready`` on that socket; otherwise an answer on the REST port.
 - ``validate_config(path)``: ``envoy --mode validate``, the real schema
   check; raises ``EdgeConfigError`` with Envoy's output when it fails.
 - ``find_envoy()``: the binary next to the running interpreter (the
@@ -19,6 +20,7 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +31,6 @@ from orchestra_server.edge.config import EdgeSettings, connect_host, render_envo
 
 CONFIG_NAME = "envoy.yaml"
 LOG_NAME = "envoy.log"
-ADMIN_ADDRESS_NAME = "admin-address"
 _POLL_SECONDS = 0.05
 
 
@@ -73,8 +74,32 @@ def _tail(path: Path, limit: int = 4000) -> str:
         return ""
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self._socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def admin_status(socket_path: Path, path: str) -> int | None:
+    """The status of ``GET path`` on an admin interface's unix socket, or None if it does not answer."""
+    return _status(_UnixConnection(socket_path, timeout=1.0), path)
+
+
 def _http_status(host: str, port: int, path: str) -> int | None:
-    connection = http.client.HTTPConnection(host, port, timeout=1.0)
+    return _status(http.client.HTTPConnection(host, port, timeout=1.0), path)
+
+
+def _status(connection: http.client.HTTPConnection, path: str) -> int | None:
     try:
         connection.request("GET", path)
         return connection.getresponse().status
@@ -117,16 +142,10 @@ class EnvoyProcess:
         host = url_host(connect_host(self.settings.rest_host))
         return f"http://{host}:{self.settings.rest_port}"
 
-    def admin_address(self) -> tuple[str, int] | None:
-        """The admin interface's address once Envoy has bound it, if enabled."""
-        if self.settings.admin_port is None:
-            return None
-        try:
-            text = (self.run_dir / ADMIN_ADDRESS_NAME).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        host, _, port = text.rpartition(":")
-        return (host, int(port)) if port.isdigit() else None
+    @property
+    def admin_socket(self) -> Path | None:
+        """The admin interface's unix socket, if enabled."""
+        return self.settings.admin_socket
 
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +157,9 @@ class EnvoyProcess:
         if self.running:
             raise EdgeError("envoy is already running")
         self.write_config()
-        (self.run_dir / ADMIN_ADDRESS_NAME).unlink(missing_ok=True)
+        if self.settings.admin_socket is not None:
+            # A socket left by an earlier run would answer nothing.
+            Path(self.settings.admin_socket).unlink(missing_ok=True)
         command = [
             str(self._envoy or find_envoy()),
             "-c",
@@ -147,9 +168,10 @@ class EnvoyProcess:
             self._log_level,
             # No shared memory between edges: several may run on one host.
             "--disable-hot-restart",
+            # The log of refused tokens is written within a second, not ten.
+            "--file-flush-interval-msec",
+            "1000",
         ]
-        if self.settings.admin_port is not None:
-            command += ["--admin-address-path", str(self.run_dir / ADMIN_ADDRESS_NAME)]
         if self._concurrency is not None:
             command += ["--concurrency", str(self._concurrency)]
         with self.log_path.open("ab") as log:
@@ -168,10 +190,8 @@ class EnvoyProcess:
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 raise EdgeError(f"envoy exited during start-up:\n{_tail(self.log_path)}")
-            admin = self.admin_address()
-            admin_ready = self.settings.admin_port is None or (
-                admin is not None and _http_status(admin[0], admin[1], "/ready") == 200
-            )
+            admin = self.settings.admin_socket
+            admin_ready = admin is None or admin_status(Path(admin), "/ready") == 200
             # Any HTTP answer (a 404 for this path) means the listener is live.
             if admin_ready and _http_status(listen_host, self.settings.rest_port, "/.edge-probe") is not None:
                 return

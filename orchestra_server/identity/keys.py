@@ -1,4 +1,7 @@
-"""The ES256 signing key ring, kept in a 0600 file in the data directory and shared by processes."""
+"""The ES256 signing key ring, kept in a 0600 file in the data directory and shared by processes.
+
+Beside it, in a 0600 file of its own, the secret that signs listing page tokens.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +25,18 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
+
 log = logging.getLogger(__name__)
 
-# The edge caches the key set for 30 s (edge.config.DEFAULT_JWKS_CACHE_SECONDS) and does not
-# refetch on an unknown kid, so a new key is published for twice that before it signs.
-DEFAULT_PUBLISH_LEAD = timedelta(seconds=60)
+PAGE_TOKEN_KEY_NAME = "page-token.key"  # noqa: S105 - a file name
+_PAGE_TOKEN_KEY_BYTES = 32
+# The edge does not refetch the key set on an unknown kid, so a new key is published for twice
+# its refresh period before it signs.
+DEFAULT_PUBLISH_LEAD = timedelta(seconds=2 * KEY_SET_REFRESH_SECONDS)
+# The shortest lead that covers the edge: one refresh period, plus the processes' reload of the
+# key file and the fetch itself.
+MIN_PUBLISH_LEAD = timedelta(seconds=KEY_SET_REFRESH_SECONDS + 5)
 DEFAULT_MAX_TOKEN_LIFETIME = timedelta(hours=1)
 # Covers verifier leeway and clock skew between the processes sharing the file.
 DEFAULT_RETENTION_MARGIN = timedelta(minutes=5)
@@ -196,13 +206,17 @@ def _read_file(path: Path) -> tuple[tuple[SigningKey, ...], _FileIdentity]:
 
 def _write_file(path: Path, keys: tuple[SigningKey, ...]) -> None:
     data = json.dumps({"format": _FORMAT, "keys": [_encode_key(k) for k in keys]}, indent=2).encode("ascii")
+    _replace_file(path, data + b"\n")
+
+
+def _replace_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             # The umask can only narrow 0600; this pins it even if the umask is odd.
             os.fchmod(handle.fileno(), 0o600)
-            handle.write(data + b"\n")
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -227,6 +241,40 @@ def _exclusive(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def load_or_create_page_token_key(signing_keys: Path) -> bytes:
+    """The secret that signs listing page tokens, created on first use.
+
+    It lives beside the key ring file (`page-token.key`, mode 0600), so every
+    worker and every host that shares the ring shares it too, and a page token
+    issued by one is accepted by all. Unlike the signing keys it never
+    rotates: a rotation would void the page tokens of every listing under way.
+    """
+    path = Path(signing_keys).with_name(PAGE_TOKEN_KEY_NAME)
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _exclusive(path):
+            if not path.exists():
+                _replace_file(path, secrets.token_hex(_PAGE_TOKEN_KEY_BYTES).encode("ascii") + b"\n")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KeyRingError(f"cannot open {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyRingError(f"{path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyRingError(f"{path} is readable by group or others; it must be mode 0600")
+        text = handle.read().strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KeyRingError(f"{path} does not hold a hexadecimal key") from exc
+    if len(key) != _PAGE_TOKEN_KEY_BYTES:
+        raise KeyRingError(f"{path} must hold {_PAGE_TOKEN_KEY_BYTES} bytes")
+    return key
 
 
 class KeyRing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -121,11 +122,15 @@ class ProcessService:
         *,
         clock: Clock,
         new_id: IdFactory,
+        page_token_key: bytes,
         definitions: DefinitionCache | None = None,
     ) -> None:
         self._db = database
         self._clock = clock
         self._new_id = new_id
+        # Shared by every worker and host serving this deployment, so a page
+        # token from one is good at all (identity.keys.load_or_create_page_token_key).
+        self._page_token_key = page_token_key
         self._definitions = definitions or DefinitionCache()
 
     # --- start -------------------------------------------------------------------------------
@@ -254,7 +259,7 @@ class ProcessService:
             raise InvalidArgument(f"page_size must be between 1 and {limits.MAX_PAGE_SIZE}")
         size = page_size or limits.DEFAULT_PAGE_SIZE
         filters = [definition_id or "", status or ""]
-        before = _decode_page_token(page_token, filters) if page_token else None
+        before = _decode_page_token(page_token, filters, self._page_token_key) if page_token else None
         if (definition_id and not limits.MACHINE_NAME.fullmatch(definition_id)) or (
             status and status not in INSTANCE_STATUSES
         ):
@@ -271,7 +276,7 @@ class ProcessService:
             )
         more = len(rows) > size
         rows = rows[:size]
-        token = _encode_page_token(rows[-1][0], filters) if more else ""
+        token = _encode_page_token(rows[-1][0], filters, self._page_token_key) if more else ""
         return InstancePage(tuple(InstanceSummary(r[1], r[2], r[3]) for r in rows), token)
 
     def get_variables(self, caller: Caller, instance_id: str) -> dict[str, Json]:
@@ -417,23 +422,41 @@ def _token_detail(token: Token) -> dict[str, Json]:
     return detail
 
 
-def _encode_page_token(seq: int, filters: list[str]) -> str:
-    raw = repo.dump_json({"s": seq, "f": _filters_fingerprint(filters)})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+# A page token is the listing position (the sequence number of the last row
+# shown) and a MAC over it and the listing's filters: opaque to clients, and
+# anything the server did not issue for this listing is refused.
+_PAGE_TOKEN_CONTEXT = b"orchestra page token v1\x00"
+_POSITION_BYTES = 8
+_PAGE_TOKEN_MAC_BYTES = 16
+# The sequence column is a signed 64-bit integer.
+_MAX_POSITION = 2**63 - 1
 
 
-def _decode_page_token(token: str, filters: list[str]) -> int:
+def _page_token_mac(position: bytes, filters: list[str], key: bytes) -> bytes:
+    # JSON keeps any two different filter lists apart.
+    message = _PAGE_TOKEN_CONTEXT + position + json.dumps(filters).encode()
+    return hmac.new(key, message, hashlib.sha256).digest()[:_PAGE_TOKEN_MAC_BYTES]
+
+
+def _encode_page_token(seq: int, filters: list[str], key: bytes) -> str:
+    position = seq.to_bytes(_POSITION_BYTES, "big")
+    raw = position + _page_token_mac(position, filters, key)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, filters: list[str], key: bytes) -> int:
+    seq = 0
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        seq = data["s"]
-        valid = isinstance(seq, int) and seq > 0 and data["f"] == _filters_fingerprint(filters)
-    except (ValueError, KeyError, TypeError):
-        valid = False
-    if not valid:
+    except ValueError:
+        raw = b""
+    # Only the exact text issued: the decoder skips characters outside the
+    # alphabet, which would let many texts stand for one token.
+    canonical = base64.urlsafe_b64encode(raw).decode().rstrip("=") == token
+    if canonical and len(raw) == _POSITION_BYTES + _PAGE_TOKEN_MAC_BYTES:
+        position, mac = raw[:_POSITION_BYTES], raw[_POSITION_BYTES:]
+        if hmac.compare_digest(mac, _page_token_mac(position, filters, key)):
+            seq = int.from_bytes(position, "big")
+    if not 0 < seq <= _MAX_POSITION:
         raise InvalidArgument("page_token was not issued for this listing")
-    return int(seq)
-
-
-def _filters_fingerprint(filters: list[str]) -> str:
-    return hashlib.sha256("\x00".join(filters).encode()).hexdigest()[:16]
+    return seq

@@ -7,7 +7,10 @@ of its own so listings see only its instances.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -231,6 +234,46 @@ def test_listing_and_paging(client: OrchestraClient) -> None:
     assert pages == list(reversed(started))
     completed = client.list_instances(status="completed").instances
     assert [(s.id, s.definition_id, s.status) for s in completed] == [(started[0], "three_step", "completed")]
+
+
+def _unsigned_token(position: int) -> str:
+    """A page token in the unsigned form once issued: JSON naming a position and the filters."""
+    fingerprint = hashlib.sha256(b"\x00").hexdigest()[:16]
+    raw = json.dumps({"s": position, "f": fingerprint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_page_tokens_are_opaque_and_checked(client: OrchestraClient) -> None:
+    for _ in range(3):
+        client.start_process("three_step")
+    issued = client.list_instances(page_size=1).next_page_token
+    assert issued
+    forged = [
+        # Positions the database cannot hold (once a 500 on SQLite).
+        _unsigned_token(2**63),
+        _unsigned_token(2**64),
+        _unsigned_token(1),
+        # Any change to an issued token.
+        issued[:-1] + ("B" if issued[-1] == "A" else "A"),
+        ("B" if issued[0] == "A" else "A") + issued[1:],
+        issued + "A",
+        issued[:-1],
+        issued + "!",
+    ]
+    for token in forged:
+        with pytest.raises(errors.InvalidArgument):
+            client.list_instances(page_size=1, page_token=token)
+    assert len(client.list_instances(page_size=1, page_token=issued).instances) == 1
+
+
+def test_a_page_token_is_good_in_every_process(clients: Clients) -> None:
+    # The in-process client and the service are two processes on one data
+    # directory, as two workers are.
+    tenant = clients.tenant()
+    local, remote = clients.make("local", tenant), clients.make("grpc", tenant)
+    started = [local.start_process("three_step") for _ in range(2)]
+    issued = local.list_instances(page_size=1).next_page_token
+    assert [s.id for s in remote.list_instances(page_size=1, page_token=issued).instances] == [started[0]]
 
 
 def test_idempotent_start(client: OrchestraClient) -> None:

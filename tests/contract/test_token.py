@@ -10,8 +10,8 @@ import httpx
 import jwt
 import pytest
 
-from tests.contract.conftest import TENANT_A, Cli
-from tests.contract.helpers import Consumer, assert_error, assert_no_store, assert_ok
+from tests.contract.conftest import JWKS_CACHE_SECONDS, TENANT_A, Cli
+from tests.contract.helpers import Consumer, assert_error, assert_ok
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,7 +104,8 @@ def test_revoked_consumer_gets_no_token_and_loses_its_token(
 def test_jwks_is_public_and_holds_the_signing_key(http: httpx.Client, acme: Consumer) -> None:
     response = http.get("/.well-known/jwks.json")
     assert response.status_code == 200
-    assert_no_store(response)
+    # Cacheable for as long as the edge itself caches it (see test_edge_defences).
+    assert response.headers["cache-control"] == f"public, max-age={JWKS_CACHE_SECONDS}"
     assert response.headers["content-type"].startswith("application/json")
     keys = json.loads(response.content)["keys"]
     kid = jwt.get_unverified_header(acme.token)["kid"]

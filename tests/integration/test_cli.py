@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -15,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from orchestra_server.bootstrap import build_application
 from orchestra_server.cli import main
+from orchestra_server.edge.proxy import admin_status
 from orchestra_server.service.processes import Caller
 from orchestra_server.settings import Settings
 from tests.conftest import EXAMPLES
@@ -175,6 +178,51 @@ def test_an_unusable_environment_variable_is_a_clean_error() -> None:
     result = CliRunner().invoke(main, ["tenant", "list"], env={"ORCHESTRA_SQLITE_SYNCHRONOUS": "OFF"})
     assert result.exit_code == 1
     assert result.output.startswith("error: ORCHESTRA_SQLITE_SYNCHRONOUS must be one of NORMAL, FULL, EXTRA")
+
+
+def test_rotation_refuses_a_lead_the_edge_would_not_see(invoke: Invoker) -> None:
+    invoke("tenant", "create", "acme")
+    keys = invoke.data_dir / "signing-keys.json"
+    before = keys.read_bytes()
+    for lead in ("0", "34"):
+        refused = invoke("keys", "rotate", "--publish-lead", lead, ok=False)
+        assert refused.exit_code == 2, refused.output
+        assert "--publish-lead" in refused.output
+        assert "every 30 s" in refused.output
+        assert keys.read_bytes() == before, "a refused rotation changed the key ring"
+    assert "new key" in invoke("keys", "rotate", "--publish-lead", "35").output
+    assert keys.read_bytes() != before
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.timeout(120)
+def test_up_opens_the_edge_admin_socket_only_when_asked(tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    exe = Path(sys.executable).parent / "orchestra"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    command = [str(exe), "up", "--data-dir", str(data_dir), "--workers", "1", "--edge-admin"]
+    command += ["--http-port", str(_free_port()), "--grpc-port", str(_free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        assert "Press Ctrl-C" in "".join(lines), "".join(lines)
+        admin = data_dir / "edge" / "admin.sock"
+        assert stat.S_ISSOCK(admin.stat().st_mode)
+        assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+        assert admin_status(admin, "/ready") == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
 
 
 def test_console_script_is_installed() -> None:

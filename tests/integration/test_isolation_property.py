@@ -22,7 +22,7 @@ from orchestra_server.service.directory import DirectoryService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage.database import open_database
 from orchestra_server.storage.migrate import upgrade
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, PAGE_TOKEN_KEY
 
 TENANTS = ("default", "rival")
 NEVER = "11111111-2222-3333-4444-555555555555"
@@ -53,7 +53,10 @@ class TwoTenants(RuleBasedStateMachine):
         )
         counter = itertools.count()
         self.processes = ProcessService(
-            self.db, clock=utc_now, new_id=lambda: f"00000000-0000-4000-8000-{next(counter):012d}"
+            self.db,
+            clock=utc_now,
+            new_id=lambda: f"00000000-0000-4000-8000-{next(counter):012d}",
+            page_token_key=PAGE_TOKEN_KEY,
         )
         self.owned: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in TENANTS}
 

@@ -15,11 +15,17 @@ from orchestra_server import errors
 from orchestra_server.service import limits
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
-from orchestra_server.service.processes import AUDIT_DETAIL_LIMIT, AUDIT_LISTED_TOKENS, Caller, ProcessService
+from orchestra_server.service.processes import (
+    AUDIT_DETAIL_LIMIT,
+    AUDIT_LISTED_TOKENS,
+    Caller,
+    ProcessService,
+    _encode_page_token,
+)
 from orchestra_server.storage.database import Database
 from orchestra_server.storage.repository import read_audit
 from orchestra_server.wire.json_text import dump_json
-from tests.conftest import FakeClock
+from tests.conftest import PAGE_TOKEN_KEY, FakeClock
 
 ALICE = Caller("default", "alice-site")
 BOB = Caller("bob", "bob-site")
@@ -81,7 +87,9 @@ class World:
         self.tmp_path = tmp_path
         self.clock = clock
         self.database = database
-        self.processes = ProcessService(database, clock=clock, new_id=lambda: f"id-{next(counter):06d}")
+        self.processes = ProcessService(
+            database, clock=clock, new_id=lambda: f"id-{next(counter):06d}", page_token_key=PAGE_TOKEN_KEY
+        )
         self.definitions = DefinitionService(database, clock=clock)
         self.directory = DirectoryService(database, clock=clock)
         self.directory.create_tenant("bob")
@@ -226,6 +234,14 @@ def test_list_newest_first_filtered_and_paged(world: World) -> None:
         world.processes.list_instances(ALICE, status="running", page_token=first.next_page_token)
     with pytest.raises(errors.InvalidArgument):
         world.processes.list_instances(ALICE, page_token="not-a-token")
+    # Even a token signed with the right key cannot name a position the
+    # database cannot hold.
+    beyond = _encode_page_token(2**64 - 1, ["", ""], PAGE_TOKEN_KEY)
+    with pytest.raises(errors.InvalidArgument):
+        world.processes.list_instances(ALICE, page_token=beyond)
+    # Nor one signed with another key.
+    with pytest.raises(errors.InvalidArgument):
+        world.processes.list_instances(ALICE, page_token=_encode_page_token(1, ["", ""], bytes(32)))
     with pytest.raises(errors.InvalidArgument):
         world.processes.list_instances(ALICE, page_size=1001)
 

@@ -17,6 +17,7 @@ from orchestra_server.bootstrap import utc_now
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage.database import Database, open_database
+from tests.conftest import PAGE_TOKEN_KEY
 from tests.integration.test_processes import FORK_JOIN, THREE_STEP
 
 ALICE = Caller("default", "alice-site")
@@ -43,7 +44,9 @@ def run_together(actions: list[Callable[[], object]]) -> list[object]:
 
 
 def service(database: Database) -> ProcessService:
-    return ProcessService(database, clock=utc_now, new_id=lambda: str(uuid.uuid4()))
+    return ProcessService(
+        database, clock=utc_now, new_id=lambda: str(uuid.uuid4()), page_token_key=PAGE_TOKEN_KEY
+    )
 
 
 def deploy(database: Database, tmp_path: Path, *definitions: dict[str, object]) -> None:
@@ -97,7 +100,7 @@ from orchestra_server.bootstrap import utc_now
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage.database import open_database
 db = open_database(sys.argv[1])
-processes = ProcessService(db, clock=utc_now, new_id=lambda: str(uuid.uuid4()))
+processes = ProcessService(db, clock=utc_now, new_id=lambda: str(uuid.uuid4()), page_token_key=bytes(32))
 won = 0
 for token_id in sys.argv[2:]:
     try:

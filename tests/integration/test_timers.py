@@ -13,7 +13,7 @@ from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.service.scheduler import TimerScheduler
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage.database import Database
-from tests.conftest import FakeClock
+from tests.conftest import PAGE_TOKEN_KEY, FakeClock
 from tests.integration.test_processes import World, write
 from tests.integration.test_races import run_together
 
@@ -104,7 +104,9 @@ def test_due_during_downtime_fires_on_the_next_start(
     instance_id = first.processes.start_process(ALICE, "cool_off", {})
     clock.advance(timedelta(days=3))  # the server was down all along
     counter = itertools.count(1)
-    restarted = ProcessService(database, clock=clock, new_id=lambda: f"after-restart-{next(counter)}")
+    restarted = ProcessService(
+        database, clock=clock, new_id=lambda: f"after-restart-{next(counter)}", page_token_key=PAGE_TOKEN_KEY
+    )
     assert TimerScheduler(database, restarted, clock=clock).drain() == 1
     assert [t.node_id for t in restarted.get_instance(ALICE, instance_id).tokens] == ["task"]
 

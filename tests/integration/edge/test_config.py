@@ -29,12 +29,15 @@ def _write(tmp_path: Path, settings: EdgeSettings) -> Path:
 
 def test_one_upstream_validates(tmp_path: Path) -> None:
     settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
-    validate_config(_write(tmp_path, settings))
+    path = _write(tmp_path, settings)
+    validate_config(path)
+    # No admin interface unless asked for: it can stop Envoy and make it log tokens.
+    assert "admin:" not in path.read_text(encoding="utf-8")
 
 
 def test_several_upstreams_validate_and_are_all_listed(tmp_path: Path) -> None:
     upstreams = tuple(Upstream("127.0.0.1", port) for port in (50051, 50052, 50053))
-    settings = EdgeSettings(rest_port=18080, upstreams=upstreams, admin_port=None, tenant_rate_limit=None)
+    settings = EdgeSettings(rest_port=18080, upstreams=upstreams, tenant_rate_limit=None)
     path = _write(tmp_path, settings)
     validate_config(path)
     text = path.read_text(encoding="utf-8")
@@ -53,7 +56,7 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
         audience="aud-x",
         jwks_cache_seconds=45,
         max_request_bytes=12345,
-        admin_port=19901,
+        admin_socket=tmp_path / "admin.sock",
         tenant_rate_limit=TenantRateLimit(requests_per_second=7, burst=9),
     )
     path = _write(tmp_path, settings)
@@ -67,11 +70,17 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
         # The protobuf 12345 bytes of JSON can become, and the largest answer.
         f"max_request_body_size: {protobuf_bound(12345)}",
         f"max_response_body_size: {MAX_REST_RESPONSE_BYTES}",
-        "port_value: 19901",
+        f'pipe: {{ path: "{tmp_path / "admin.sock"}", mode: 384 }}',
         "tokens_per_fill: 7",
         "max_tokens: 9",
-        # A wildcard listener fetches its JWKS over loopback.
-        '"http://127.0.0.1:18081/.well-known/jwks.json"',
+        # The token and JWKS routes' own buckets.
+        "stat_prefix: token_rate_limit",
+        "stat_prefix: jwks_rate_limit",
+        "tokens_per_fill: 70",
+        '"public, max-age=45"',
+        # The edge fetches its JWKS from its internal listener, never
+        # through the public one and its budgets.
+        "server_listener_name: key_set",
     ):
         assert expected in text
 
@@ -106,7 +115,7 @@ def test_templates_come_from_the_override_directory(tmp_path: Path) -> None:
         {"upstreams": (Upstream("127.0.0.1", 0),)},
         {"jwks_cache_seconds": 0},
         {"max_request_bytes": 0},
-        {"admin_port": 70000},
+        {"admin_socket": Path("/tmp") / ("s" * 120)},
         {"tenant_rate_limit": TenantRateLimit(requests_per_second=0)},
     ],
 )

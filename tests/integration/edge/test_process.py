@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
+from orchestra_server.edge.proxy import admin_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,13 +52,41 @@ def _assert_error(response: httpx.Response, status: int, message: str | None = N
         assert body["error"] == message
 
 
-def test_start_waits_for_the_listener_and_admin(edge: EnvoyProcess) -> None:
+def test_start_waits_for_the_listener(edge: EnvoyProcess) -> None:
     assert edge.running
-    admin = edge.admin_address()
-    assert admin is not None
-    ready = httpx.get(f"http://{admin[0]}:{admin[1]}/ready", timeout=5)
-    assert ready.status_code == 200
     assert edge.config_path.is_file()
+    assert edge.admin_socket is None
+    # Envoy opens no port but the REST listener (the admin interface is off).
+    assert _listening_ports(edge.pid) == {edge.settings.rest_port}
+
+
+def _listening_ports(pid: int | None) -> set[int]:
+    """TCP ports in LISTEN state owned by the process ``pid``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_the_admin_interface_is_an_owner_only_socket_when_asked_for(tmp_path: Path) -> None:
+    socket_path = tmp_path / "admin.sock"
+    settings = EdgeSettings(
+        rest_port=_free_port(), upstreams=(Upstream("127.0.0.1", _free_port()),), admin_socket=socket_path
+    )
+    with EnvoyProcess(settings, tmp_path, concurrency=1) as process:
+        assert stat.S_ISSOCK(socket_path.stat().st_mode)
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+        # Readiness was judged on the admin interface; it answers there only.
+        assert admin_status(socket_path, "/ready") == 200
+        assert _listening_ports(process.pid) == {settings.rest_port}
 
 
 def test_service_down_is_503(client: httpx.Client) -> None:
@@ -88,12 +118,9 @@ def test_oversized_body_is_413(client: httpx.Client) -> None:
 
 
 def test_stop_ends_the_process(tmp_path: Path) -> None:
-    settings = EdgeSettings(
-        rest_port=_free_port(), upstreams=(Upstream("127.0.0.1", _free_port()),), admin_port=None
-    )
+    settings = EdgeSettings(rest_port=_free_port(), upstreams=(Upstream("127.0.0.1", _free_port()),))
     with EnvoyProcess(settings, tmp_path, concurrency=1) as process:
         assert process.running
-        # Without an admin interface readiness is judged on the REST port.
         assert httpx.get(f"{process.rest_url}/nothing", timeout=5).status_code == 404
         pid = process.pid
     assert not process.running

@@ -24,6 +24,7 @@ from orchestra_server.identity.keys import (
     KeyRing,
     KeyRingError,
     jwk_thumbprint,
+    load_or_create_page_token_key,
 )
 
 from .conftest import NOW, b64url
@@ -268,3 +269,24 @@ def test_concurrent_rotations_lose_no_key(keys_path: Path) -> None:
 def test_opening_a_missing_file_is_a_key_ring_error(tmp_path: Path) -> None:
     with pytest.raises(KeyRingError, match="cannot open"):
         KeyRing(tmp_path / "absent.json")
+
+
+def test_the_page_token_key_is_created_once_beside_the_ring(tmp_path: Path) -> None:
+    ring = tmp_path / "keys" / "signing-keys.json"
+    key = load_or_create_page_token_key(ring)
+    path = ring.with_name("page-token.key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(key) == 32
+    # Every process reading the same file signs alike.
+    assert load_or_create_page_token_key(ring) == key
+    assert load_or_create_page_token_key(tmp_path / "other" / "signing-keys.json") != key
+
+
+@pytest.mark.parametrize(("mode", "text"), [(0o640, "00" * 32), (0o600, "not hex"), (0o600, "00" * 16)])
+def test_a_bad_page_token_key_file_is_refused(tmp_path: Path, mode: int, text: str) -> None:
+    ring = tmp_path / "signing-keys.json"
+    path = ring.with_name("page-token.key")
+    path.write_text(text)
+    path.chmod(mode)
+    with pytest.raises(KeyRingError, match=r"page-token\.key"):
+        load_or_create_page_token_key(ring)
