@@ -20,7 +20,7 @@ from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage.database import Database
 from orchestra_server.storage.schema import SHARED_TENANT_KEY
-from tests.conftest import EXAMPLES, FakeClock
+from tests.conftest import EXAMPLES, PAGE_TOKEN_KEY, FakeClock
 
 ORCHESTRA = Path(sys.executable).parent / "orchestra"
 ALICE = Caller("default", "alice-site")
@@ -131,7 +131,12 @@ def test_instances_run_on_stored_versions_that_deploy_would_now_refuse(
     with pytest.raises(errors.DefinitionInvalid, match="join 'wait_all' never fires"):
         DefinitionService(database, clock=clock).deploy([path])
     store_as_earlier_releases_did(database, STUCK)
-    processes = ProcessService(database, clock=clock, new_id=iter(f"id-{n}" for n in range(100)).__next__)
+    processes = ProcessService(
+        database,
+        clock=clock,
+        new_id=iter(f"id-{n}" for n in range(100)).__next__,
+        page_token_key=PAGE_TOKEN_KEY,
+    )
     instance_id = processes.start_process(ALICE, "stuck", {"left": True})
     assert [t.node_id for t in processes.get_instance(ALICE, instance_id).tokens] == ["a"]
 

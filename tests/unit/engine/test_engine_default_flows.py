@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from orchestra_server.engine.definition import parse, to_data
-from orchestra_server.engine.model import EventKind, TokenStatus
+from orchestra_server.engine.model import EventKind, IncidentKind, TokenStatus
 from tests.unit.engine.support import Driver, define
 
 PARKED, INCIDENT = TokenStatus.PARKED, TokenStatus.INCIDENT
@@ -81,8 +81,9 @@ def test_a_failing_condition_is_an_incident_not_the_default() -> None:
     run = Driver(routing("first", default_first=True), {"amount": 5})
     run.start()
     token = run.one("r", INCIDENT)
-    assert token.message is not None
-    assert "vip" in token.message
+    assert token.incident is IncidentKind.CONDITION_FAILED
+    assert token.reason is not None
+    assert "vip" in token.reason
     assert parked_on(run) == []
     run.variables["vip"] = False
     run.signal(token.id)
@@ -183,7 +184,8 @@ def test_a_calendar_due_time_past_the_calendar_is_an_incident() -> None:
     run = Driver(waiting("P1M"), now=datetime(9999, 12, 15, tzinfo=UTC))
     run.start()
     token = run.one("t", INCIDENT)
-    assert token.message == "the timer's due time is out of range"
+    assert token.incident is IncidentKind.TIMER_INVALID
+    assert token.reason == "the timer's due time is out of range"
 
 
 def test_calendar_durations_round_trip_through_the_normal_form() -> None:
