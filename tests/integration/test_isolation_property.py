@@ -27,7 +27,7 @@ from tests.conftest import EXAMPLES, PAGE_TOKEN_KEY
 TENANTS = ("default", "rival")
 NEVER = "11111111-2222-3333-4444-555555555555"
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
