@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -101,6 +103,9 @@ def create_server(
 
 
 HEALTH_CHECK_SECONDS = 2.0
+# After the grace period the process has this long to end; a call still hung by then (its thread
+# cannot be stopped, and Python waits for it at exit) does not keep the process alive.
+EXIT_DEADLINE_SECONDS = 2.0
 
 
 def _watch_health(
@@ -128,7 +133,11 @@ def serve(
     *,
     ready: threading.Event | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish."""
+    """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish.
+
+    Calls still running after `options.grace_seconds` are cancelled, and the process is ended
+    EXIT_DEADLINE_SECONDS later if it has not ended by itself: serve owns its process.
+    """
     options = options or ServerOptions()
     server, port, health_servicer = create_server(address, deps, options)
     stop = threading.Event()
@@ -155,6 +164,16 @@ def serve(
         # Tell health checkers first so the edge stops routing here, then drain.
         health_servicer.enter_graceful_shutdown()
         server.stop(options.grace_seconds).wait()
+        threading.Thread(
+            target=_end_process_after, args=(EXIT_DEADLINE_SECONDS,), name="exit-deadline", daemon=True
+        ).start()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _end_process_after(seconds: float) -> None:
+    time.sleep(seconds)
+    _log.error("calls still running %.0f s after the grace period; exiting without them", seconds)
+    logging.shutdown()
+    os._exit(1)
