@@ -164,8 +164,10 @@ def supervise(
             try:
                 child.restart()
             except Exception as exc:  # any failure to start counts against the rule
-                child.start_failure = f"failed to start ({str(exc).splitlines()[0] if str(exc) else exc!r})"
-                _log.error("%s %s", child.name, child.start_failure)
+                # The first line is the summary; the rest (e.g. Envoy's log tail) goes to the log.
+                reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+                child.start_failure = f"failed to start ({reason})"
+                _log.error("%s failed to start: %s", child.name, exc)
                 continue
             child.start_failure = None
             _log.warning("%s restarted", child.name)

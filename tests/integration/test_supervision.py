@@ -175,6 +175,7 @@ def test_up_exits_non_zero_when_the_edge_cannot_be_kept_up(up: Up) -> None:
     finally:
         squatter.close()
     output = "".join(up.output)
+    print(f"orchestra up exited with {status} {took:.1f} s after the edge was killed:", *up.output[-4:])
     assert status != 0, output
     assert "error: edge" in output, output
     assert took < 60, f"gave up after {took:.1f} s"
