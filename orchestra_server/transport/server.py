@@ -103,8 +103,9 @@ def create_server(
 
 
 HEALTH_CHECK_SECONDS = 2.0
-# After the grace period the process has this long to end; a call still hung by then (its thread
-# cannot be stopped, and Python waits for it at exit) does not keep the process alive.
+# Once the process is exiting, its call threads have this long to end: a call still hung after the
+# grace period (its thread cannot be stopped, and Python waits for it at exit) does not keep the
+# process alive.
 EXIT_DEADLINE_SECONDS = 2.0
 
 
@@ -135,8 +136,9 @@ def serve(
 ) -> None:
     """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish.
 
-    Calls still running after `options.grace_seconds` are cancelled, and the process is ended
-    EXIT_DEADLINE_SECONDS later if it has not ended by itself: serve owns its process.
+    Calls still running after `options.grace_seconds` are cancelled; if one of them still holds
+    its thread when the process exits, the process ends EXIT_DEADLINE_SECONDS later with status
+    1 rather than being kept alive by it.
     """
     options = options or ServerOptions()
     server, port, health_servicer = create_server(address, deps, options)
@@ -164,16 +166,28 @@ def serve(
         # Tell health checkers first so the edge stops routing here, then drain.
         health_servicer.enter_graceful_shutdown()
         server.stop(options.grace_seconds).wait()
-        threading.Thread(
-            target=_end_process_after, args=(EXIT_DEADLINE_SECONDS,), name="exit-deadline", daemon=True
-        ).start()
+        _bound_the_exit(EXIT_DEADLINE_SECONDS)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _end_process_after(seconds: float) -> None:
-    time.sleep(seconds)
-    _log.error("calls still running %.0f s after the grace period; exiting without them", seconds)
-    logging.shutdown()
-    os._exit(1)
+def _bound_the_exit(seconds: float) -> None:
+    """At interpreter exit, before Python joins the call threads, starts a clock: if the joins take
+    longer than `seconds` (a call hung past the grace period), the process ends with status 1.
+
+    `threading._register_atexit` is the hook concurrent.futures itself uses to join its threads;
+    the `atexit` module's hooks run only after those joins, too late.
+    """
+
+    def end_later() -> None:
+        time.sleep(seconds)
+        _log.error("calls still running after the grace period; exiting without them")
+        logging.shutdown()
+        os._exit(1)
+
+    def start_clock() -> None:
+        threading.Thread(target=end_later, name="exit-deadline", daemon=True).start()
+
+    register: Callable[[Callable[[], None]], None] = getattr(threading, "_register_atexit")  # noqa: B009
+    register(start_clock)
