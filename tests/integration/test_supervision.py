@@ -17,6 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
+
+from orchestra_server.cli import main
 
 ORCHESTRA = Path(sys.executable).parent / "orchestra"
 # How long a killed edge may take to answer again (measured: about 1.5 s on 2 cores).
@@ -216,3 +219,14 @@ def test_sigterm_lets_the_requests_in_flight_through_the_edge_finish(up: Up) -> 
     assert len(answers) == 20, answers
     assert set(answers) <= {401, 429}, answers
     assert sum(t > signalled for t in answered_at) >= 5, "too few requests were still in flight at SIGTERM"
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_a_grace_period_out_of_range_is_refused_before_anything_starts(tmp_path: Path, command: str) -> None:
+    for bad in ("-1", "3601", "soon"):
+        result = CliRunner().invoke(
+            main, [command, "--data-dir", str(tmp_path / "d"), "--grace-period", bad], env=_environment()
+        )
+        assert result.exit_code == 2, result.output
+        assert "--grace-period" in result.output
+    assert not (tmp_path / "d").exists(), "a refused command touched the data directory"
