@@ -23,7 +23,7 @@ from orchestra_server.bootstrap import (
 )
 from orchestra_server.errors import OrchestraError
 from orchestra_server.identity.keys import MIN_PUBLISH_LEAD
-from orchestra_server.settings import ENVIRONMENT, Settings, SettingsError
+from orchestra_server.settings import ENVIRONMENT, MAX_GRACE_PERIOD, Settings, SettingsError
 from orchestra_server.storage.database import DatabaseNotReady
 from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
 
@@ -120,6 +120,7 @@ def serving_options(func: F) -> F:
         metrics_host="metrics_host",
         metrics_port="metrics_port",
         log_format="log_format",
+        grace_period="grace_period",
     )
     options = [
         *STORAGE_OPTIONS,
@@ -163,6 +164,17 @@ def serving_options(func: F) -> F:
                 "Serve Prometheus metrics at http://HOST:PORT/metrics; worker N uses this port + N "
                 "(0: each picks a free port and logs it). Default: no metrics endpoint.",
                 "metrics_port",
+            ),
+        ),
+        click.option(
+            "--grace-period",
+            type=click.FloatRange(0, MAX_GRACE_PERIOD),
+            default=None,
+            metavar="SECONDS",
+            help=_help(
+                "On SIGTERM or Ctrl-C, stop taking calls and give those in flight this long to finish.",
+                "grace_period",
+                DEFAULTS.grace_period,
             ),
         ),
         click.option(
@@ -266,7 +278,10 @@ def serve(
     )
     with runtime.running_pool(settings, specs) as (pool, stop):
         click.echo(f"gRPC: {grpc_host}:{grpc_port} ({count} workers)")
-        pool.supervise(stop)
+        try:
+            pool.supervise(stop)
+        except runtime.SupervisionFailed as exc:
+            fail(str(exc))
 
 
 @main.command()
@@ -327,8 +342,13 @@ def up(
                 elif demo:
                     click.echo("(existing database: no demo data created)")
                 click.echo("Press Ctrl-C to stop.")
-                pool.supervise(stop)
+                pool.supervise(stop, also=[runtime.Supervised("edge", lambda: edge.exit_status, edge.start)])
+            except runtime.SupervisionFailed as exc:
+                fail(str(exc))
             finally:
+                # Workers first: each finishes the calls the edge forwarded to it while the edge,
+                # still up, carries the answers back (and answers new requests 503); then the edge.
+                pool.stop()
                 edge.stop()
     finally:
         click.echo("stopped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ from orchestra_server.transport.server import ServerOptions, serve
 
 _log = logging.getLogger("orchestra.runtime")
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+# How often the supervisor looks at its children; a dead child waits at most this long to be seen.
+SUPERVISION_POLL_SECONDS = 0.2
+# A stopped worker gets the grace period to finish its calls, and this much more to exit.
+EXIT_MARGIN_SECONDS = 5.0
 
 
 def default_workers() -> int:
@@ -51,7 +56,11 @@ def run_worker(
                 "serving metrics on http://%s:%d/metrics", connect_host(metrics_address[0]), metrics_port
             )
         app.start()
-        serve(address, app.server_dependencies(), ServerOptions(max_workers=settings.pool_size))
+        serve(
+            address,
+            app.server_dependencies(),
+            ServerOptions(max_workers=settings.pool_size, grace_seconds=settings.grace_period),
+        )
     finally:
         app.close()
         if metrics_server is not None:
@@ -74,6 +83,94 @@ def wait_healthy(target: str, timeout: float) -> None:
                 last = exc
             time.sleep(0.1)
     raise TimeoutError(f"{target} did not become healthy within {timeout:.0f} s ({last})")
+
+
+class SupervisionFailed(RuntimeError):
+    """A child could not be kept up: it died more often than the restart rule allows."""
+
+
+@dataclass(frozen=True)
+class RestartRule:
+    """When a child that died is started again, and when the supervisor gives up on it.
+
+    A child is restarted after a backoff that grows with its restarts in the last `window_seconds`;
+    if it dies (or fails to start) again after `limit` restarts within that window, the
+    supervisor gives up: a child that cannot stay up is a fault to report, not to hide.
+    """
+
+    limit: int = 5
+    window_seconds: float = 60.0
+    backoff_seconds: Sequence[float] = RESTART_BACKOFF_SECONDS
+
+
+@dataclass
+class Supervised:
+    """One child under supervision: how to see that it died, and how to start it again."""
+
+    name: str
+    # The child's exit status, None while it runs.
+    exit_status: Callable[[], int | None]
+    # Starts the child again; raises when it cannot start.
+    restart: Callable[[], None]
+    # When it was restarted (monotonic seconds), for the restart rule.
+    restarted_at: list[float] = field(default_factory=list, init=False, repr=False)
+    # Why the last restart failed; the child is down until a restart succeeds.
+    start_failure: str | None = field(default=None, init=False, repr=False)
+
+    def failure(self) -> str | None:
+        """Why this child is down, or None while it runs."""
+        if self.start_failure is not None:
+            return self.start_failure
+        status = self.exit_status()
+        return None if status is None else f"exited with status {status}"
+
+
+def supervise(
+    children: Sequence[Supervised],
+    stop: threading.Event,
+    rule: RestartRule = RestartRule(),
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Restarts children that die, with backoff, until `stop` is set.
+
+    Raises SupervisionFailed when a child dies again after `rule.limit` restarts within
+    `rule.window_seconds`.
+    """
+    while not stop.wait(SUPERVISION_POLL_SECONDS):
+        for child in children:
+            failure = child.failure()
+            if failure is None:
+                continue
+            now = clock()
+            child.restarted_at = [t for t in child.restarted_at if now - t < rule.window_seconds]
+            recent = len(child.restarted_at)
+            if recent >= rule.limit:
+                _log.error(
+                    "%s %s after %d restarts within %.0f s; giving up",
+                    child.name,
+                    failure,
+                    recent,
+                    rule.window_seconds,
+                )
+                raise SupervisionFailed(
+                    f"{child.name} {failure} after {recent} restarts within "
+                    f"{rule.window_seconds:.0f} s; stopping everything"
+                )
+            delay = rule.backoff_seconds[min(recent, len(rule.backoff_seconds) - 1)]
+            _log.warning("%s %s; restarting in %.1f s", child.name, failure, delay)
+            if stop.wait(delay):
+                return
+            child.restarted_at.append(clock())
+            try:
+                child.restart()
+            except Exception as exc:  # any failure to start counts against the rule
+                # The first line is the summary; the rest (e.g. Envoy's log tail) goes to the log.
+                reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+                child.start_failure = f"failed to start ({reason})"
+                _log.error("%s failed to start: %s", child.name, exc)
+                continue
+            child.start_failure = None
+            _log.warning("%s restarted", child.name)
 
 
 @dataclass
@@ -109,7 +206,6 @@ class WorkerPool:
     workers: Sequence[WorkerSpec]
     log_dir: Path | None = None
     _children: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
-    _restarts: list[int] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def _command(self, spec: WorkerSpec) -> list[str]:
@@ -130,6 +226,8 @@ class WorkerPool:
             self.settings.issuer,
             "--audience",
             self.settings.audience,
+            "--grace-period",
+            str(self.settings.grace_period),
             "--scheduler" if spec.scheduler else "--no-scheduler",
         ]
         if self.settings.db_url:
@@ -164,7 +262,6 @@ class WorkerPool:
 
     def start(self, timeout: float = 30.0) -> None:
         self._children = [self._spawn(i) for i in range(len(self.workers))]
-        self._restarts = [0] * len(self.workers)
         try:
             for spec in self.workers:
                 wait_healthy(f"{connect_host(spec.host)}:{spec.port}", timeout)
@@ -172,23 +269,37 @@ class WorkerPool:
             self.stop()
             raise
 
-    def supervise(self, stop: threading.Event) -> None:
-        """Restarts children that exit on their own until `stop` is set."""
-        while not stop.wait(0.5):
-            for index, child in enumerate(self._children):
-                if child is not None and child.poll() is not None and not self._stopping.is_set():
-                    delay = RESTART_BACKOFF_SECONDS[
-                        min(self._restarts[index], len(RESTART_BACKOFF_SECONDS) - 1)
-                    ]
-                    _log.warning(
-                        "worker %d exited with %s; restarting in %.1f s", index, child.returncode, delay
-                    )
-                    if stop.wait(delay):
-                        return
-                    self._restarts[index] += 1
-                    self._children[index] = self._spawn(index)
+    def supervised(self) -> list[Supervised]:
+        """The workers as children of a supervisor."""
+        return [
+            Supervised(
+                f"worker {index}",
+                functools.partial(self._exit_status, index),
+                functools.partial(self._restart, index),
+            )
+            for index in range(len(self.workers))
+        ]
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def _exit_status(self, index: int) -> int | None:
+        child = self._children[index]
+        return None if child is None or self._stopping.is_set() else child.poll()
+
+    def _restart(self, index: int) -> None:
+        self._children[index] = self._spawn(index)
+
+    def supervise(
+        self, stop: threading.Event, also: Sequence[Supervised] = (), rule: RestartRule = RestartRule()
+    ) -> None:
+        """Restarts workers (and the children in `also`) that die until `stop` is set.
+
+        Raises SupervisionFailed when one cannot be kept up (see RestartRule).
+        """
+        supervise([*self.supervised(), *also], stop, rule)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM to every worker; each gets the grace period to finish its calls, then SIGKILL."""
+        if timeout is None:
+            timeout = self.settings.grace_period + EXIT_MARGIN_SECONDS
         self._stopping.set()
         for child in self._children:
             if child is not None and child.poll() is None:

@@ -24,6 +24,8 @@ from orchestra_server.storage.database import (
 SIGNING_KEYS_FILE = "signing-keys.json"
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# A bound so a grace period given in milliseconds by mistake is refused, not waited out.
+MAX_GRACE_PERIOD = 3600.0
 
 # Setting name -> the environment variable that supplies it when no flag does.
 ENVIRONMENT: Mapping[str, str] = {
@@ -38,6 +40,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "metrics_host": "ORCHESTRA_METRICS_HOST",
     "metrics_port": "ORCHESTRA_METRICS_PORT",
     "edge_dir": "ORCHESTRA_EDGE_DIR",
+    "grace_period": "ORCHESTRA_GRACE_PERIOD",
 }
 
 
@@ -69,6 +72,8 @@ class Settings:
     revocation_recheck_seconds: float = 2.0
     # Connections per process; the gRPC server runs as many calls at once (ServerOptions.max_workers).
     pool_size: int = 16
+    # Seconds a stopping worker lets the calls in flight finish before it cancels them and exits.
+    grace_period: float = 10.0
 
     def __post_init__(self) -> None:
         if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS_LEVELS:
@@ -81,6 +86,10 @@ class Settings:
             raise SettingsError(f"{ENVIRONMENT['log_format']} must be one of {', '.join(LOG_FORMATS)}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"{ENVIRONMENT['metrics_port']} must be a port number (0 to 65535)")
+        if not 0 <= self.grace_period <= MAX_GRACE_PERIOD:
+            raise SettingsError(
+                f"{ENVIRONMENT['grace_period']} must be a number of seconds from 0 to {MAX_GRACE_PERIOD:.0f}"
+            )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -127,6 +136,11 @@ def _parse(name: str, variable: str, text: str) -> Any:
             return int(text)
         except ValueError:
             raise SettingsError(f"{variable} must be a port number (0 to 65535)") from None
+    if name == "grace_period":
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(f"{variable} must be a number of seconds") from None
     if name in ("sqlite_synchronous", "log_level"):
         return text.upper()
     return text

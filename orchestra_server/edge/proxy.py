@@ -5,8 +5,9 @@ API:
 - ``EnvoyProcess(settings, run_dir)``: ``start()`` writes the rendered
   bootstrap to ``run_dir/envoy.yaml``, starts Envoy (output in
   ``run_dir/envoy.log``) and returns once the REST listener answers;
-  ``stop()`` sends SIGTERM, then SIGKILL after a grace period. Usable as a
-  context manager. With ``settings.admin_socket`` set, readiness is Envoy's
+  ``stop()`` sends SIGTERM, then SIGKILL after a grace period;
+  ``exit_status`` tells a supervisor that Envoy died (``start()`` again
+  restarts it). Usable as a context manager. With ``settings.admin_socket`` set, readiness is Envoy's
   own ``/ready`` on that socket; otherwise an answer on the REST port.
 - ``validate_config(path)``: ``envoy --mode validate``, the real schema
   check; raises ``EdgeConfigError`` with Envoy's output when it fails.
@@ -132,6 +133,11 @@ class EnvoyProcess:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def exit_status(self) -> int | None:
+        """Envoy's exit status once it has died on its own; None while it runs (or was never started)."""
+        return self._process.poll() if self._process is not None else None
 
     @property
     def pid(self) -> int | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -101,6 +103,10 @@ def create_server(
 
 
 HEALTH_CHECK_SECONDS = 2.0
+# Once the process is exiting, its call threads have this long to end: a call still hung after the
+# grace period (its thread cannot be stopped, and Python waits for it at exit) does not keep the
+# process alive.
+EXIT_DEADLINE_SECONDS = 2.0
 
 
 def _watch_health(
@@ -128,7 +134,12 @@ def serve(
     *,
     ready: threading.Event | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish."""
+    """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish.
+
+    Calls still running after `options.grace_seconds` are cancelled; if one of them still holds
+    its thread when the process exits, the process ends EXIT_DEADLINE_SECONDS later with status
+    1 rather than being kept alive by it.
+    """
     options = options or ServerOptions()
     server, port, health_servicer = create_server(address, deps, options)
     stop = threading.Event()
@@ -155,6 +166,28 @@ def serve(
         # Tell health checkers first so the edge stops routing here, then drain.
         health_servicer.enter_graceful_shutdown()
         server.stop(options.grace_seconds).wait()
+        _bound_the_exit(EXIT_DEADLINE_SECONDS)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _bound_the_exit(seconds: float) -> None:
+    """At interpreter exit, before Python joins the call threads, starts a clock: if the joins take
+    longer than `seconds` (a call hung past the grace period), the process ends with status 1.
+
+    `threading._register_atexit` is the hook concurrent.futures itself uses to join its threads;
+    the `atexit` module's hooks run only after those joins, too late.
+    """
+
+    def end_later() -> None:
+        time.sleep(seconds)
+        _log.error("calls still running after the grace period; exiting without them")
+        logging.shutdown()
+        os._exit(1)
+
+    def start_clock() -> None:
+        threading.Thread(target=end_later, name="exit-deadline", daemon=True).start()
+
+    register: Callable[[Callable[[], None]], None] = getattr(threading, "_register_atexit")  # noqa: B009
+    register(start_clock)

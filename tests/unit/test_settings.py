@@ -69,3 +69,12 @@ def test_a_new_key_is_published_longer_than_the_edge_caches_the_key_set() -> Non
     # One lead everywhere: the settings take the key ring's, which outlasts the edge's cache.
     assert Settings().key_publish_lead == DEFAULT_PUBLISH_LEAD == timedelta(seconds=60)
     assert timedelta(seconds=DEFAULT_JWKS_CACHE_SECONDS) < DEFAULT_PUBLISH_LEAD
+
+
+def test_the_grace_period_comes_from_the_environment_and_must_be_sensible_seconds() -> None:
+    assert Settings().grace_period == 10.0
+    assert Settings.load({"ORCHESTRA_GRACE_PERIOD": "2.5"}).grace_period == 2.5
+    assert Settings.load({"ORCHESTRA_GRACE_PERIOD": "2.5"}, grace_period=0.0).grace_period == 0.0
+    for bad in ("soon", "-1", "nan", "1e9"):
+        with pytest.raises(SettingsError, match="ORCHESTRA_GRACE_PERIOD must be a number of seconds"):
+            Settings.load({"ORCHESTRA_GRACE_PERIOD": bad})

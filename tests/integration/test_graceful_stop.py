@@ -1,0 +1,143 @@
+"""SIGTERM to a worker: calls in flight are answered, new ones refused, and a hung call cannot hold
+the process past the grace period."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from orchestra.v1 import orchestra_service_pb2 as pb
+from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
+
+from orchestra_server.runtime import wait_healthy
+
+# A worker built as `run_worker` builds it and served by the same `serve`, whose calls take as long
+# as the test says: authentication (the first thing every call does) waits HOLD seconds first.
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from dataclasses import replace
+    from pathlib import Path
+
+    from orchestra_server.bootstrap import build_application
+    from orchestra_server.service.processes import Caller
+    from orchestra_server.settings import Settings
+    from orchestra_server.transport.server import ServerOptions, serve
+
+    data_dir, port, hold, grace = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    settings = Settings(data_dir=data_dir, grace_period=grace)
+    app = build_application(settings)
+
+    def slow_authenticate(authorization, tenant_hint, now):
+        time.sleep(hold)
+        return Caller("default", "slow-caller")
+
+    deps = replace(app.server_dependencies(), authenticate=slow_authenticate)
+    try:
+        serve(f"127.0.0.1:{port}", deps, ServerOptions(max_workers=16, grace_seconds=settings.grace_period))
+    finally:
+        app.close()
+    print("worker exited", flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_worker(tmp_path: Path, hold: float, grace: float) -> tuple[subprocess.Popen[str], str]:
+    port = _free_port()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "data"), str(port), str(hold), str(grace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_healthy(target, 60)
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    return process, target
+
+
+def _call_all(target: str, count: int) -> tuple[list[str], threading.Thread]:
+    """Sends `count` calls at once from a thread; their outcomes fill the list as they come."""
+    outcomes: list[str] = []
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.OrchestraServiceStub(channel)
+
+    def run() -> None:
+        futures = [
+            stub.ListInstances.future(pb.ListInstancesRequest(), metadata=[("authorization", "Bearer x")])
+            for _ in range(count)
+        ]
+        for future in futures:
+            try:
+                future.result(timeout=60)
+                outcomes.append("OK")
+            except grpc.RpcError as exc:
+                outcomes.append(exc.code().name)
+        channel.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return outcomes, thread
+
+
+@pytest.mark.timeout(90)
+def test_calls_in_flight_at_sigterm_are_all_answered_and_new_ones_refused(tmp_path: Path) -> None:
+    process, target = _start_worker(tmp_path, hold=2.0, grace=10.0)
+    try:
+        outcomes, callers = _call_all(target, 8)
+        time.sleep(0.5)  # every call is now inside the server, waiting in authentication
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        late, late_caller = _call_all(target, 1)
+        late_caller.join(30)
+        callers.join(30)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert outcomes == ["OK"] * 8, output
+    assert late == ["UNAVAILABLE"], output
+    assert process.returncode == 0, output
+    assert "worker exited" in output
+
+
+@pytest.mark.timeout(90)
+def test_a_hung_call_does_not_hold_the_worker_past_the_grace_period(tmp_path: Path) -> None:
+    process, target = _start_worker(tmp_path, hold=3600.0, grace=1.0)
+    try:
+        outcomes, callers = _call_all(target, 2)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        try:
+            output, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker was still running 20 s after SIGTERM with a 1 s grace period")
+        took = time.monotonic() - signalled
+        callers.join(30)
+    finally:
+        process.kill()
+    assert took < 1.0 + 3.0, f"exited {took:.1f} s after SIGTERM"
+    assert "worker exited" in output
+    assert "exiting without them" in output
+    assert process.returncode != 0, "a worker that cut calls says so in its status"
+    assert outcomes == ["CANCELLED"] * 2 or set(outcomes) <= {"CANCELLED", "UNAVAILABLE"}, outcomes
