@@ -44,6 +44,8 @@ class Caller:
 
     tenant_id: str
     actor: str
+    # What the caller's roles grant (identity.consumers); the transport checks each route's own.
+    permissions: frozenset[str] = frozenset()
 
 
 # Audit rows stay small whatever a step did: token lists are cut to this many entries (the
