@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from orchestra_server.edge import EnvoyProcess, TenantRateLimit, Upstream
 from orchestra_server.edge.config import REQUEST_HEADERS_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS
-from orchestra_server.identity.keys import KeyRing, signing_keys_path
+from orchestra_server.identity.keys import KeyRing
+from orchestra_server.settings import Settings
 from tests.contract.conftest import JWKS_CACHE_SECONDS, Cli, Service, start_edge
 from tests.contract.helpers import Consumer, assert_error, assert_ok
 
@@ -93,7 +94,7 @@ def test_a_key_set_flood_leaves_the_edge_its_own_key_refresh(
         now = datetime.now(UTC)
         # A lead that covers this edge's refresh period (JWKS_CACHE_SECONDS).
         new_kid = (
-            KeyRing.load_or_create(signing_keys_path(cli.data_dir), now)
+            KeyRing.load_or_create(Settings(data_dir=cli.data_dir).signing_keys_path, now)
             .rotate(now, timedelta(seconds=JWKS_CACHE_SECONDS + 2))
             .kid
         )
@@ -135,7 +136,7 @@ def test_a_very_long_instance_id_is_unknown_every_time(
 
 def _token_with(cli: Cli, acme: Consumer, *, kid: str | None = None, **changes: object) -> str:
     now = datetime.now(UTC)
-    key = KeyRing.load_or_create(signing_keys_path(cli.data_dir), now).signing_key(now)
+    key = KeyRing.load_or_create(Settings(data_dir=cli.data_dir).signing_keys_path, now).signing_key(now)
     claims = {**jwt.decode(acme.token, options={"verify_signature": False}), "jti": uuid.uuid4().hex}
     claims.update(changes)
     headers = {"kid": kid or key.kid, "typ": "at+jwt"}

@@ -12,7 +12,8 @@ import jwt
 import pytest
 
 from orchestra_server.edge import EnvoyProcess, TenantRateLimit, Upstream
-from orchestra_server.identity.keys import KeyRing, signing_keys_path
+from orchestra_server.identity.keys import KeyRing
+from orchestra_server.settings import Settings
 from tests.contract.conftest import JWKS_CACHE_SECONDS, Cli, Service, fetch_token, free_port, start_edge
 from tests.contract.helpers import Consumer, assert_error, assert_ok, start
 
@@ -104,7 +105,7 @@ def test_tokens_of_a_rotated_in_key_pass_without_restarting_the_edge(
     # production edge the CLI's minimum lead is set for, so the ring is
     # rotated directly with a lead that covers this edge.
     now = datetime.now(UTC)
-    KeyRing.load_or_create(signing_keys_path(cli.data_dir), now).rotate(
+    KeyRing.load_or_create(Settings(data_dir=cli.data_dir).signing_keys_path, now).rotate(
         now, timedelta(seconds=JWKS_CACHE_SECONDS + 2)
     )
     deadline = time.monotonic() + 4 * JWKS_CACHE_SECONDS + 20
