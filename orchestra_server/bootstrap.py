@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
 
 from sqlalchemy import text
 
@@ -25,6 +27,7 @@ from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.metrics import Metrics
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
+from orchestra_server.service.operations import OperationsService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.service.scheduler import TimerScheduler
 from orchestra_server.service.status import read_engine_state
@@ -105,6 +108,28 @@ class Administration:
     clock: Callable[[], datetime]
     definitions: DefinitionService
     directory: DirectoryService
+    # Beside it lies the page-token key the operations' listings sign their positions with.
+    signing_keys_path: Path
+
+    @cached_property
+    def operations(self) -> OperationsService:
+        """The operations use cases, built for the commands that use them only.
+
+        Their page tokens are signed with the key every serving process uses, so a token one
+        command prints is good for the next (and for the API).
+        """
+        page_token_key = load_or_create_page_token_key(self.signing_keys_path)
+        processes = ProcessService(
+            self.database, clock=self.clock, new_id=new_id, page_token_key=page_token_key
+        )
+        return OperationsService(
+            self.database,
+            clock=self.clock,
+            new_id=new_id,
+            page_token_key=page_token_key,
+            processes=processes,
+            definitions=self.definitions,
+        )
 
     def close(self) -> None:
         self.database.dispose()
@@ -125,6 +150,7 @@ def administration(
         clock=clock,
         definitions=DefinitionService(database, clock=clock),
         directory=DirectoryService(database, clock=clock),
+        signing_keys_path=settings.signing_keys_path,
     )
     try:
         yield admin
