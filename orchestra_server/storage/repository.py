@@ -173,7 +173,7 @@ def _incidents_sql(by_definition: bool, by_node: bool, after: bool) -> Sql:
     if by_definition:
         conditions.append("i.definition_id = :definition_id")
     if after:
-        conditions.append("(t.since > :since OR (t.since = :since AND t.id > :token))")
+        conditions.append("(t.since, t.id) > (:since, :token)")
     where = " AND ".join(conditions)
     # Only the fixed conditions above are joined in; every value is a bound parameter.
     return Sql(
