@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy import text
@@ -108,28 +107,21 @@ class Administration:
     clock: Callable[[], datetime]
     definitions: DefinitionService
     directory: DirectoryService
-    # Beside it lies the page-token key the operations' listings sign their positions with.
+    # Where the page-token key lives; read (or created) only by a command that pages.
     signing_keys_path: Path
+    _operations: OperationsService | None = field(default=None, repr=False)
 
-    @cached_property
+    @property
     def operations(self) -> OperationsService:
-        """The operations use cases, built for the commands that use them only.
-
-        Their page tokens are signed with the key every serving process uses, so a token one
-        command prints is good for the next (and for the API).
-        """
-        page_token_key = load_or_create_page_token_key(self.signing_keys_path)
-        processes = ProcessService(
-            self.database, clock=self.clock, new_id=new_id, page_token_key=page_token_key
-        )
-        return OperationsService(
-            self.database,
-            clock=self.clock,
-            new_id=new_id,
-            page_token_key=page_token_key,
-            processes=processes,
-            definitions=self.definitions,
-        )
+        if self._operations is None:
+            self._operations = _operations(
+                self.database,
+                self.clock,
+                new_id,
+                load_or_create_page_token_key(self.signing_keys_path),
+                self.definitions,
+            )
+        return self._operations
 
     def close(self) -> None:
         self.database.dispose()
@@ -158,6 +150,25 @@ def administration(
         admin.close()
 
 
+def _operations(
+    database: Database,
+    clock: Callable[[], datetime],
+    ids: Callable[[], str],
+    page_token_key: bytes,
+    definitions: DefinitionService,
+) -> OperationsService:
+    """The operations service of an administrative command, over its own process service."""
+    processes = ProcessService(database, clock=clock, new_id=ids, page_token_key=page_token_key)
+    return OperationsService(
+        database,
+        clock=clock,
+        new_id=ids,
+        page_token_key=page_token_key,
+        processes=processes,
+        definitions=definitions,
+    )
+
+
 @dataclass
 class Application:
     """Everything one serving process runs on."""
@@ -168,6 +179,7 @@ class Application:
     processes: ProcessService
     definitions: DefinitionService
     directory: DirectoryService
+    operations: OperationsService
     key_ring: KeyRing
     token_endpoint: TokenEndpoint
     authenticator: Authenticator
@@ -191,9 +203,7 @@ class Application:
     def authenticate(self, authorization: str | None, tenant_hint: str | None, now: datetime) -> Caller:
         principal = self.authenticator.authenticate(authorization, now)
         check_forwarded_tenant(principal, tenant_hint)
-        return Caller(
-            tenant_id=principal.tenant_id, actor=principal.client_id, permissions=principal.permissions
-        )
+        return Caller(tenant_id=principal.tenant_id, actor=principal.client_id)
 
     def jwks_json(self, now: datetime) -> bytes:
         return json.dumps(self.key_ring.jwks(now), separators=(",", ":")).encode()
@@ -237,12 +247,9 @@ def build_application(
     key_ring = open_key_ring(settings, clock())
     issuer = AccessTokenIssuer(key_ring, settings.issuer, settings.audience, lifetime=settings.token_lifetime)
     verifier = AccessTokenVerifier(key_ring, settings.issuer, settings.audience)
-    processes = ProcessService(
-        database,
-        clock=clock,
-        new_id=ids,
-        page_token_key=load_or_create_page_token_key(settings.signing_keys_path),
-    )
+    page_token_key = load_or_create_page_token_key(settings.signing_keys_path)
+    processes = ProcessService(database, clock=clock, new_id=ids, page_token_key=page_token_key)
+    definitions = DefinitionService(database, clock=clock)
     timers = TimerScheduler(database, processes, clock=clock) if scheduler else None
     metrics = Metrics()
     metrics.watch(lambda: read_engine_state(database, clock()), timers)
@@ -251,8 +258,16 @@ def build_application(
         database=database,
         clock=clock,
         processes=processes,
-        definitions=DefinitionService(database, clock=clock),
+        definitions=definitions,
         directory=directory,
+        operations=OperationsService(
+            database,
+            clock=clock,
+            new_id=ids,
+            page_token_key=page_token_key,
+            processes=processes,
+            definitions=definitions,
+        ),
         key_ring=key_ring,
         token_endpoint=TokenEndpoint(directory, issuer),
         authenticator=Authenticator(
