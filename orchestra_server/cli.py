@@ -34,6 +34,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = Settings()
 
 
+def _help(text: str, setting: str, default: object = None) -> str:
+    """An option's help with its environment variable and its default (taken from Settings)."""
+    shown = "" if default is None else f"; default: {default}"
+    return f"{text} [env: {ENVIRONMENT[setting]}{shown}]"
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
 # --- operator commands: who acts, and how their answers print ------------------------------------
 
 TENANT_HELP = "The tenant whose data this is (another tenant's ids answer as unknown ones)."
@@ -41,7 +52,6 @@ TENANT_HELP = "The tenant whose data this is (another tenant's ids answer as unk
 OPERATOR = "operator"
 HISTORY_PAGE = 1000
 INCIDENT_PAGE = 1000
-P = TypeVar("P")
 
 
 def operator(tenant: str) -> Caller:
@@ -90,24 +100,11 @@ def _assignment(item: str) -> tuple[str, Any]:
     """`NAME=JSON` as a name and a value; the service checks the name and the limits."""
     name, equals, text = item.partition("=")
     if not equals or not name:
-        raise click.BadParameter(f"{item!r} is not NAME=JSON", param_hint="'--variable'")
+        fail(f"--variable {item!r} is not NAME=JSON")
     try:
         return name, json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
-        raise click.BadParameter(
-            f"{name}: the value is not JSON ({exc})", param_hint="'--variable'"
-        ) from None
-
-
-def _help(text: str, setting: str, default: object = None) -> str:
-    """An option's help with its environment variable and its default (taken from Settings)."""
-    shown = "" if default is None else f"; default: {default}"
-    return f"{text} [env: {ENVIRONMENT[setting]}{shown}]"
-
-
-def fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+        fail(f"--variable {name}: the value is not JSON ({exc})")
 
 
 def current_settings() -> Settings:

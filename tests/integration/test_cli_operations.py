@@ -86,8 +86,10 @@ def stage(tmp_path: Path) -> Stage:
             instance_id = processes.start_process(acme, "fragile", {"owner": "bob", "n": n})
             (token,) = processes.get_instance(acme, instance_id).tokens
             processes.signal_token(acme, token.id)
-            troubled.append((instance_id, token.id))
-        completed = processes.start_process(acme, "three_step")
+            # The signal consumed the parked token; the one in incident is new.
+            (stuck,) = processes.get_instance(acme, instance_id).tokens
+            troubled.append((instance_id, stuck.id))
+        completed = processes.start_process(acme, "three_step", {})
         processes.signal_token(acme, processes.get_instance(acme, completed).tokens[0].id)
     finally:
         app.close()

@@ -67,7 +67,10 @@ describe('the operations API through the node client', () => {
     const instanceId = await operator.startProcess(DEFINITION, variables);
     const [token] = (await operator.getInstance(instanceId)).tokens;
     await operator.signalToken(token.id);
-    return { instanceId, tokenId: token.id };
+    // The signal consumed the parked token; the one in incident is new.
+    const [stuck] = (await operator.getInstance(instanceId)).tokens;
+    assert.equal(stuck.status, 'incident');
+    return { instanceId, tokenId: stuck.id };
   }
 
   test('deploys a definition once, then finds it unchanged', async () => {
