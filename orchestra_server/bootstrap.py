@@ -212,6 +212,7 @@ class Application:
         """What the gRPC server uses of this application, and nothing more."""
         return ServerDependencies(
             processes=self.processes,
+            operations=self.operations,
             token_endpoint=self.token_endpoint,
             key_set=self.jwks_json,
             authenticate=self.authenticate,

@@ -23,6 +23,7 @@ from orchestra_server.identity.consumers import (
 )
 from orchestra_server.service.processes import Caller
 from orchestra_server.transport.guard import METHOD_PERMISSIONS, GuardInterceptor, current_caller
+from orchestra_server.transport.server import SERVICE_NAMES
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 FILES = (auth_service_pb2, diagnostics_service_pb2, operations_service_pb2, orchestra_service_pb2)
@@ -32,6 +33,7 @@ def served_methods() -> set[str]:
     methods = set()
     for module in FILES:
         for service in module.DESCRIPTOR.services_by_name.values():
+            assert service.full_name in SERVICE_NAMES, f"{service.full_name} is not served"
             methods.update(f"/{service.full_name}/{m.name}" for m in service.methods)
     return methods
 
