@@ -203,7 +203,9 @@ class Application:
     def authenticate(self, authorization: str | None, tenant_hint: str | None, now: datetime) -> Caller:
         principal = self.authenticator.authenticate(authorization, now)
         check_forwarded_tenant(principal, tenant_hint)
-        return Caller(tenant_id=principal.tenant_id, actor=principal.client_id)
+        return Caller(
+            tenant_id=principal.tenant_id, actor=principal.client_id, permissions=principal.permissions
+        )
 
     def jwks_json(self, now: datetime) -> bytes:
         return json.dumps(self.key_ring.jwks(now), separators=(",", ":")).encode()
