@@ -329,6 +329,15 @@ def test_search_filters_and_pages(stack: Stack) -> None:
     assert foreign["instances"] == []
 
 
+@pytest.mark.parametrize("value", ["docs/2026", "a\\b", 'say "hi"', "two words", "a+b", "caf\u00e9"])
+def test_a_variable_filter_may_hold_slashes_and_escapes(stack: Stack, value: str) -> None:
+    # Path segments may not (they name nothing), but a JSON value in the filter may.
+    instance_id = start(stack.http, stack.consumer, "fragile", {"folder": value})
+    query = {"variable": "folder=" + json.dumps(value)}
+    found = assert_ok(stack.http.get(f"{OPS}/instances", params=query, headers=stack.operator.headers))
+    assert [i["id"] for i in found["instances"]] == [instance_id]
+
+
 def test_search_by_incident_and_node(stack: Stack) -> None:
     instance_id, _ = _incident(stack, {"owner": "incident-search"})
     found = assert_ok(
