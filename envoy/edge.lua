@@ -46,7 +46,8 @@ local FIXED_MESSAGES = {
 local REPLACEMENT = "%EF%BF%BD"
 
 -- Query parameters whose value carries JSON (the operations API's
--- `variable=name=<JSON>` filter): a JSON string may hold `/` and `\`.
+-- `variable=name=<JSON>` filter): a JSON string may hold `/` and `\`, and
+-- `+` is a space, as in any form-encoded query.
 local JSON_PARAMETERS = { variable = true }
 
 -- True when `text` is UTF-8 with no control character and, unless `json`
@@ -107,7 +108,14 @@ local function clean_path(path)
     return cleaned
   end)
   local cleaned_query = query:gsub("([^&=]*)=([^&]*)", function(name, value)
-    local cleaned = clean_component(value, true, JSON_PARAMETERS[name] == true)
+    local json = JSON_PARAMETERS[name] == true
+    local cleaned = clean_component(value, true, json)
+    if json then
+      -- The transcoder decodes only percent escapes, but a form-encoded
+      -- space (Python's urlencode, browsers) arrives as `+`; a JSON value
+      -- meaning `+` sends `%2B`.
+      cleaned = (cleaned:gsub("%+", "%%20"))
+    end
     if cleaned ~= value then changed = true end
     return name .. "=" .. cleaned
   end)
