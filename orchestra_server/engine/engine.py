@@ -57,6 +57,13 @@ failed is re-run; a failed route routes out of its node again with the current v
 token-limit incident redoes the move that was refused. An incident keeps the due time of the
 timer it fired from. Incidents recorded before they carried a retry are retried as they were
 then: an end node or a timer without a due time is activated again, anything else routes out.
+
+Resolving by hand. `skip` moves an incident token on as if its node had completed: the node
+routes out with its flows chosen as usual (a timer without waiting), an end node consumes it,
+and a join that could never fire is activated with the token that arrived. `cancel_branch`
+consumes the token and advances what its absence lets move (an inclusive join may fire, a join
+that needed it stops in an incident, markers nothing can reach any more go); with nothing but
+markers left, they go too and the instance completes.
 """
 
 from __future__ import annotations

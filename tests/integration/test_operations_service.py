@@ -438,3 +438,44 @@ def test_timer_skip_routes_out_without_waiting(w: Ops) -> None:
     token = w.token_at(ALICE, instance_id, "cool")
     with pytest.raises(errors.TokenNotInIncident):
         w.ops.resolve_incident(ALICE, token, "skip")
+
+
+def test_another_tenants_definitions_are_as_if_they_never_existed(w: Ops) -> None:
+    w.ops.deploy_definition(BOB, yaml.safe_dump({**THREE_STEP, "id": "bob_only"}))
+    assert "bob_only" not in {s.definition_id for s in w.ops.list_definitions(ALICE)}
+    with pytest.raises(errors.NotFound, match="definition not found"):
+        w.ops.get_definition(ALICE, "bob_only")
+    assert w.ops.get_definition(BOB, "bob_only").scope == "tenant"
+
+
+def test_a_signal_that_fails_after_its_variables_were_written_leaves_none(w: Ops) -> None:
+    instance_id = w.processes.start_process(ALICE, "fork_join", {"kept": 1})
+    w.processes.signal_token(ALICE, w.token_at(ALICE, instance_id, "a"))
+    waiting = w.token_at(ALICE, instance_id, "join")
+    before = w.snapshot()
+    with pytest.raises(errors.TokenNotParked):
+        w.processes.signal_token(ALICE, waiting, {"kept": 2, "added": 3})
+    assert w.snapshot() == before
+    assert w.processes.get_variables(ALICE, instance_id) == {"kept": 1}
+
+
+def test_resolve_variables_over_the_instance_total_change_nothing(w: Ops) -> None:
+    instance_id, token_id = w.incident(ALICE)
+    for name in ("big", "bigger"):
+        w.processes.set_variable(ALICE, instance_id, name, "x" * (900 * 1024))
+    before = w.snapshot()
+    with pytest.raises(errors.LimitExceeded):
+        w.ops.resolve_incident(ALICE, token_id, "skip", {"amount": 5000, "more": "y" * (300 * 1024)})
+    assert w.snapshot() == before
+    assert w.ops.list_incidents(ALICE).items[0].token_id == token_id
+
+
+def test_history_page_tokens_are_bound_to_the_instance_and_tenant(w: Ops) -> None:
+    first = w.processes.start_process(ALICE, "three_step", {})
+    w.processes.signal_token(ALICE, w.token_at(ALICE, first, "task"))
+    other = w.processes.start_process(ALICE, "three_step", {})
+    token = w.ops.get_instance_history(ALICE, first, page_size=1).next_page_token
+    with pytest.raises(errors.InvalidArgument, match="page_token"):
+        w.ops.get_instance_history(ALICE, other, page_size=1, page_token=token)
+    with pytest.raises(errors.InvalidArgument, match="page_token"):
+        w.ops.get_instance_history(BOB, first, page_size=1, page_token=token)
