@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
+from orchestra.v1 import operations_service_pb2 as ops
+from orchestra.v1 import operations_service_pb2_grpc as ops_grpc
 
 from orchestra_server.edge import EnvoyProcess, TenantRateLimit, Upstream
 from orchestra_server.storage.database import open_database
@@ -66,6 +69,8 @@ class Stack:
     watcher: Consumer  # `operate orchestra` only
     consumer: Consumer  # the default role
     other_operator: Consumer
+    service_address: str
+    rest_port: int
 
     def orchestra(self, *args: str) -> str:
         return _orchestra(self.data_dir, self.db_url, *args)
@@ -130,6 +135,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 watcher=_consumer(data_dir, db_url, http, TENANT, "watcher"),
                 consumer=_consumer(data_dir, db_url, http, TENANT, None),
                 other_operator=_consumer(data_dir, db_url, http, OTHER_TENANT, "operator"),
+                service_address=service.address,
+                rest_port=edge.settings.rest_port,
             )
     finally:
         if edge is not None:
@@ -601,3 +608,40 @@ def test_signal_without_variables_behaves_as_before(stack: Stack, body: bytes | 
     # `approved` unset: the condition fails, as it always did for a bare signal.
     (token,) = get_instance(stack.http, stack.consumer, instance_id)["tokens"]
     assert token["status"] == "incident"
+
+
+# -- gRPC ----------------------------------------------------------------------------------------
+
+
+def test_over_grpc_the_same_permissions_and_the_deploy_status(stack: Stack) -> None:
+    source = yaml.safe_dump({**FRAGILE, "id": "deployed_over_grpc"})
+    with grpc.insecure_channel(stack.service_address) as channel:
+        stub = ops_grpc.OperationsServiceStub(channel)
+        request = ops.DeployDefinitionRequest(source=source)
+        answer, call = stub.DeployDefinition.with_call(
+            request, metadata=(("authorization", f"Bearer {stack.operator.token}"),), timeout=30
+        )
+        assert (answer.definition_id, answer.version, answer.changed) == ("deployed_over_grpc", 1, True)
+        assert ("x-http-status", "201") in tuple(call.initial_metadata())
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListIncidents(
+                ops.ListIncidentsRequest(),
+                metadata=(("authorization", f"Bearer {stack.consumer.token}"),),
+                timeout=30,
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.ListIncidents(ops.ListIncidentsRequest(), timeout=30)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_raw_grpc_on_the_rest_port_finds_no_operation(stack: Stack) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{stack.rest_port}") as channel:
+        stub = ops_grpc.OperationsServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ListIncidents(
+                ops.ListIncidentsRequest(),
+                metadata=(("authorization", f"Bearer {stack.operator.token}"),),
+                timeout=5,
+            )
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
