@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from orchestra_server.service.operations import OperationsService
 
 from orchestra_server import errors
 from orchestra_server.bootstrap import Application, build_application, new_id
@@ -30,6 +29,7 @@ from orchestra_server.edge import EnvoyProcess, TenantRateLimit, Upstream
 from orchestra_server.identity.consumers import ACCESS_PERMISSION, DEPLOY_PERMISSION, OPERATE_PERMISSION
 from orchestra_server.identity.keys import load_or_create_page_token_key
 from orchestra_server.local_client import LocalOperationsClient, LocalOrchestraClient
+from orchestra_server.service.operations import OperationsService
 from orchestra_server.settings import Settings
 from orchestra_server.storage.database import open_database
 from tests.conftest import reset_postgres

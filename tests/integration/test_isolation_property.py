@@ -17,12 +17,12 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from orchestra_server.service.operations import RESOLVE_ACTIONS, InstanceFilter, OperationsService
 
 from orchestra_server import errors
 from orchestra_server.bootstrap import utc_now
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
+from orchestra_server.service.operations import RESOLVE_ACTIONS, InstanceFilter, OperationsService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage.database import open_database
 from orchestra_server.storage.migrate import upgrade
