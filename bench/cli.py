@@ -1,8 +1,9 @@
 """``python -m bench``: runs the scenarios against the real stack and writes the results.
 
 Phases (full run): the generators' own ceiling; per database a stack with the default worker
-count running every scenario over REST and gRPC, the tenant growing 10k -> 100k, the
-100,000-instance walk and memory; a REST load sweep (p99 at 80% of peak); 1, 2 and 4
+count running every scenario over REST and gRPC, the tenant growing 10k -> 100k (with the
+operations API's searches over REST as an operator, each after a ping of its own, and their
+query plans), the 100,000-instance walk and memory; a REST load sweep (p99 at 80% of peak); 1, 2 and 4
 workers; timer drains. ``--quick`` keeps one short pass of every scenario and small drains.
 """
 
