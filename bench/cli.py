@@ -1,8 +1,9 @@
 """``python -m bench``: runs the scenarios against the real stack and writes the results.
 
 Phases (full run): the generators' own ceiling; per database a stack with the default worker
-count running every scenario over REST and gRPC, the tenant growing 10k -> 100k, the
-100,000-instance walk and memory; a REST load sweep (p99 at 80% of peak); 1, 2 and 4
+count running every scenario over REST and gRPC, the tenant growing 10k -> 100k (with the
+operations API's searches over REST as an operator, each after a ping of its own, and their
+query plans), the 100,000-instance walk and memory; a REST load sweep (p99 at 80% of peak); 1, 2 and 4
 workers; timer drains. ``--quick`` keeps one short pass of every scenario and small drains.
 """
 
@@ -22,9 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, report, tools
+from bench import ceiling, plans, report, tools
 from bench.load import Result
-from bench.scenarios import DESCRIPTIONS, Pools, Runner, check_grpc, walk_pages
+from bench.scenarios import (
+    DESCRIPTIONS,
+    KEY_VARIABLE,
+    OPERATIONS,
+    Pools,
+    Runner,
+    check_grpc,
+    check_operations,
+    variable_filter,
+    walk_pages,
+)
 from bench.seed import count_instances, seed_instances
 from bench.stack import PostgresDatabase, Stack, ping_route_present
 from bench.timers import drain
@@ -40,8 +51,11 @@ ALL_SCENARIOS = (
     "list_first",
     "list_deep",
     "token_issue",
+    *OPERATIONS,
 )
 LIST_SCENARIOS = ("list_first", "list_deep")
+# In the grown tenant, 1 instance in this many is a start that stops in an incident.
+INCIDENT_EVERY = 100
 SWEEP_SCENARIOS = ("ping", "get_instance", "start_process", "complete")
 SWEEP_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
 SCALING_SCENARIOS = ("ping", "get_instance", "start_process", "complete")
@@ -206,7 +220,7 @@ def _row(result: Result) -> dict[str, Any]:
 
 def _seed_pools(stack: Stack, plan: Plan, pools: Pools) -> int:
     url = stack.db_url or stack.settings.database_url
-    n = plan.signal_pool
+    n = plan.signal_pool if "signal" in plan.scenarios else 0
     pairs = seed_instances(url, "bench", 2_000 + 2 * n)
     instances = [p[0] for p in pairs]
     tokens = [p[1] for p in pairs]
@@ -217,15 +231,21 @@ def _seed_pools(stack: Stack, plan: Plan, pools: Pools) -> int:
     return len(pairs)
 
 
-def _grow(stack: Stack, pools: Pools, to: int, seeded_big: int) -> int:
-    """Seeds the big tenant up to `to` instances; a deep page token half-way down; ids to read."""
+def _grow(stack: Stack, pools: Pools, to: int, seeded_big: int, *, deep: bool = True) -> int:
+    """Seeds the big tenant up to `to` instances; a deep page token half-way down; ids to read.
+
+    Every instance carries its own key (`reference`) and 1 in INCIDENT_EVERY is in an incident,
+    for the operations API's searches; 1,000 keys drawn from all of them are searched for.
+    """
     url = stack.db_url or stack.settings.database_url
-    pairs = seed_instances(url, "big", to - seeded_big)
+    pairs = seed_instances(url, "big", to - seeded_big, keyed=KEY_VARIABLE, incident_every=INCIDENT_EVERY)
     ids = pools.readable.get("big", []) + [p[0] for p in pairs]
     rng = random.Random(7)
     pools.readable["big"] = rng.sample(ids, min(1_000, len(ids)))
-    _, page = walk_pages(stack, "big", stop_after=to // 2)
-    pools.deep_tokens["big"] = page
+    pools.filters["big"] = [variable_filter(i) for i in pools.readable["big"]]
+    if deep:
+        _, page = walk_pages(stack, "big", stop_after=to // 2)
+        pools.deep_tokens["big"] = page
     return to
 
 
@@ -237,11 +257,12 @@ def run_database(db: str, plan: Plan, root: Path, out: dict[str, Any]) -> dict[s
     run: dict[str, Any] = {"workers": plan.workers, "concurrency": plan.concurrency, "scenarios": []}
     try:
         log(f"{db}: preparing (CLI: deploy, tenants, consumers) and starting {plan.workers} workers + edge")
-        stack.prepare()
+        stack.prepare(operators=("big",))
         stack.start()
         pools = Pools(workdir)
         seeded = _seed_pools(stack, plan, pools)
-        seeded_big = _grow(stack, pools, plan.growth[0], 0)
+        deep = "list_deep" in plan.scenarios
+        seeded_big = _grow(stack, pools, plan.growth[0], 0, deep=deep)
         seeded += seeded_big
         check_grpc(stack)
         phases: list[dict[str, Any]] = [_memory_phase(stack, "start-up and seeding")]
@@ -253,7 +274,7 @@ def run_database(db: str, plan: Plan, root: Path, out: dict[str, Any]) -> dict[s
         d = plan.duration
         rest_ok = ping_route_present()
         for scenario in plan.scenarios:
-            if scenario in LIST_SCENARIOS:
+            if scenario in LIST_SCENARIOS or scenario in OPERATIONS:
                 continue
             duration = min(d, 5.0) if scenario == "token_issue" else d
             c = 4 if scenario == "token_issue" else None
@@ -273,8 +294,19 @@ def run_database(db: str, plan: Plan, root: Path, out: dict[str, Any]) -> dict[s
             if size > seeded_big:
                 log(f"{db}: growing the big tenant to {size:,} instances")
                 seeded += size - seeded_big
-                seeded_big = _grow(stack, pools, size, seeded_big)
+                seeded_big = _grow(stack, pools, size, seeded_big, deep=deep)
             gd = d if size == plan.growth[-1] else max(1.0, d / 2)
+            operations = [s for s in OPERATIONS if s in plan.scenarios]
+            if operations:
+                # Each rate against a ping measured right before it: the machine is shared.
+                log(f"{db}: operations API on {size:,} instances: {check_operations(stack, pools, 'big')}")
+                for scenario in operations:
+                    ping = runner.rest("ping", d)
+                    growth.append(_row(ping) | {"instances": size, "for": scenario})
+                    growth.append(_row(runner.rest(scenario, d, tenant="big")) | {"instances": size})
+                if size == plan.growth[-1]:
+                    log(f"{db}: query plans of the operations API's searches")
+                    run["plans"] = plans.explain(url_of(stack), "big")
             for scenario in ("list_first", "list_deep", "get_instance"):
                 if scenario not in plan.scenarios:
                     continue
@@ -289,6 +321,7 @@ def run_database(db: str, plan: Plan, root: Path, out: dict[str, Any]) -> dict[s
                         run["scenarios"].append(row)
             phases.append(_memory_phase(stack, f"reads on {size:,} instances"))
         run["growth"] = growth
+        run["operations"] = report.operations_summary(growth)
 
         if plan.profile and db == "sqlite":
             run["profiles"] = _profiles(runner, stack, workdir, d)
@@ -297,10 +330,12 @@ def run_database(db: str, plan: Plan, root: Path, out: dict[str, Any]) -> dict[s
             log(f"{db}: REST load sweep")
             out.setdefault("sweep", {})[db] = _sweep(runner, plan)
 
-        # Every instance of the big tenant read through the API, both ways, before reading memory.
-        walked_rest, _ = walk_pages(stack, "big")
-        walked_grpc, _ = walk_pages(stack, "big", transport="grpc")
-        url = stack.db_url or stack.settings.database_url
+        # Every instance of the big tenant read through the API, both ways, before reading memory
+        # (with the list scenarios: a run of some other scenarios only stays short).
+        walk = any(s in plan.scenarios for s in LIST_SCENARIOS)
+        walked_rest = walk_pages(stack, "big")[0] if walk else None
+        walked_grpc = walk_pages(stack, "big", transport="grpc")[0] if walk else None
+        url = url_of(stack)
         total = count_instances(url)
         run["instances"] = {
             "in_database": total,
@@ -319,6 +354,10 @@ def run_database(db: str, plan: Plan, root: Path, out: dict[str, Any]) -> dict[s
             pg.drop()
     report.add_ratios(run)
     return run
+
+
+def url_of(stack: Stack) -> str:
+    return stack.db_url or stack.settings.database_url
 
 
 def _memory_phase(stack: Stack, after: str) -> dict[str, Any]:

@@ -14,6 +14,10 @@ P99_LIMIT_MS = 25
 E2E_TARGET = 1000
 GET_RATIO = 0.60
 WRITE_RATIO = 0.40
+# The operations API's searches: against the ping measured right before each, at every size.
+OPS_RATIO = 0.40
+# The rate on the largest tenant over the rate on the smallest: what counts as flat.
+FLAT_RATIO = 0.80
 
 
 def _ratio(value: float, ceiling: float | None) -> float | None:
@@ -31,6 +35,40 @@ def add_ratios(run: dict[str, Any]) -> None:
     for r in run["scenarios"]:
         ceiling = ceilings.get((r["transport"], r["tool"].split()[0]))
         r["ratio_to_ceiling"] = _ratio(r["rps"], ceiling)
+
+
+def operations_summary(growth: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operations scenarios of a tenant-growth series: per scenario and tenant size its rate,
+    the ping measured right before it (the row whose `for` names the scenario) and their ratio;
+    and how flat it stays: the rate (and the ratio) on the largest tenant over the smallest."""
+    pings = {(g["for"], g["instances"]): g for g in growth if g["scenario"] == "ping" and g.get("for")}
+    out: dict[str, dict[str, Any]] = {}
+    for g in growth:
+        ping = pings.get((g["scenario"], g["instances"]))
+        if ping is None:
+            continue
+        entry = out.setdefault(g["scenario"], {"scenario": g["scenario"], "sizes": []})
+        entry["sizes"].append(
+            {
+                "instances": g["instances"],
+                "rps": g["rps"],
+                "ping_rps": ping["rps"],
+                "ratio_to_ceiling": _ratio(g["rps"], ping["rps"]),
+                "p50_ms": g["p50_ms"],
+                "p99_ms": g["p99_ms"],
+                "errors": g["errors"],
+            }
+        )
+    for entry in out.values():
+        sizes = sorted(entry["sizes"], key=lambda x: x["instances"])
+        entry["sizes"] = sizes
+        first, last = sizes[0], sizes[-1]
+        many = len(sizes) > 1
+        entry["flat"] = _ratio(last["rps"], first["rps"]) if many else None
+        entry["flat_ratio_to_ceiling"] = (
+            _ratio(last["ratio_to_ceiling"] or 0.0, first["ratio_to_ceiling"]) if many else None
+        )
+    return list(out.values())
 
 
 def _find(run: dict[str, Any], scenario: str, transport: str) -> dict[str, Any] | None:
@@ -86,6 +124,24 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     ratio,
                     limit,
                     ratio is not None and ratio >= limit,
+                )
+    for db, run in runs.items():
+        for entry in run.get("operations") or []:
+            for size in entry["sizes"]:
+                ratio = size["ratio_to_ceiling"]
+                target(
+                    f"{db} rest: {entry['scenario']} / ping on {size['instances']:,} instances",
+                    ratio,
+                    OPS_RATIO,
+                    ratio is not None and ratio >= OPS_RATIO and not size["errors"],
+                )
+            if entry["flat"] is not None:
+                target(
+                    f"{db} rest: {entry['scenario']}, rate on {entry['sizes'][-1]['instances']:,} "
+                    f"over {entry['sizes'][0]['instances']:,} instances",
+                    entry["flat"],
+                    FLAT_RATIO,
+                    entry["flat"] >= FLAT_RATIO,
                 )
     for db, sweep in report.get("sweep", {}).items():
         for scenario, points in sweep.items():
@@ -160,6 +216,12 @@ def table(report: dict[str, Any]) -> str:
                     f"  {g['instances']:>7,} instances {g['scenario']:<13} {g['transport']:<5} "
                     f"{_fmt(g['rps']):>7}/s p50 {_fmt(g['p50_ms'], 1)} ms p99 {_fmt(g['p99_ms'], 1)} ms"
                 )
+        for entry in run.get("operations") or []:
+            sizes = ", ".join(
+                f"{x['instances']:,}: {_fmt(x['rps'])}/s = {_fmt(x['ratio_to_ceiling'], 2)} x ping"
+                for x in entry["sizes"]
+            )
+            lines.append(f"operations {entry['scenario']:<16} {sizes}; flat {_fmt(entry['flat'], 2)}")
     for db, sweep in report.get("sweep", {}).items():
         lines.append(f"\n== load sweep, REST, {db} (wrk connections) ==")
         for scenario, s in sweep.items():
@@ -207,6 +269,34 @@ def write(report: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
     return path
 
 
+def _operations_markdown(db: str, run: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    operations = run.get("operations") or []
+    if operations:
+        out.append(
+            f"\nOperations API over REST as an operator ({db}), each against a ping run right before it:\n"
+        )
+        out.append(
+            "| scenario | instances in tenant | req/s | ping req/s | x ping | p50 ms | p99 ms | errors "
+            "| largest / smallest tenant |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for entry in operations:
+            for n, x in enumerate(entry["sizes"]):
+                flat = _fmt(entry["flat"], 2) if n == len(entry["sizes"]) - 1 else ""
+                out.append(
+                    f"| {entry['scenario']} | {x['instances']:,} | {_fmt(x['rps'])} | {_fmt(x['ping_rps'])} "
+                    f"| {_fmt(x['ratio_to_ceiling'], 2)} | {_fmt(x['p50_ms'], 1)} | {_fmt(x['p99_ms'], 1)} "
+                    f"| {x['errors']} | {flat} |"
+                )
+    if run.get("plans"):
+        from bench import plans
+
+        out.append(f"\nQuery plans ({db}, on the grown tenant at the end of the run):\n")
+        out.append(plans.markdown(run["plans"]))
+    return out
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -243,11 +333,17 @@ def markdown(report: dict[str, Any]) -> str:
                 out.append(f"| {p['after']} | {cells} |")
         if run.get("instances"):
             i = run["instances"]
+            walked = (
+                f"; the big tenant's {i['big_tenant_walked_rest']:,} instances were read page by page"
+                " over REST and over gRPC"
+                if i.get("big_tenant_walked_rest") is not None
+                else ""
+            )
             out.append(
                 f"\nInstances in the database at the end: {i['in_database']:,} ({i['seeded']:,} seeded, "
-                f"{i['started_through_the_api']:,} started through the API); the big tenant's "
-                f"{i['big_tenant_walked_rest']:,} instances were read page by page over REST and over gRPC."
+                f"{i['started_through_the_api']:,} started through the API){walked}."
             )
+        out += _operations_markdown(db, run)
         growth = run.get("growth") or []
         if growth:
             out.append(f"\nTenant growth ({db}):\n")

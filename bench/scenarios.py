@@ -18,7 +18,8 @@ from orchestra.v1 import orchestra_service_pb2 as pb
 
 from bench.grpcload import run_grpc_python
 from bench.load import Result, run_h2load_grpc, run_wrk, wrk_script
-from bench.stack import Stack, cpu_seconds, machine_cpu, postgres_pids
+from bench.seed import keyed_value
+from bench.stack import Stack, cpu_seconds, machine_cpu, operator_key, postgres_pids
 
 SVC = "/orchestra.v1.OrchestraService/"
 PING_PATH = "/orchestra.v1.DiagnosticsService/Ping"
@@ -35,7 +36,17 @@ DESCRIPTIONS = {
     "list_first": "listInstances first page (100) on the tenant with the seeded instances",
     "list_deep": "listInstances page (100) half-way down via a page token",
     "token_issue": "client-credentials token (scrypt check of the secret on every call)",
+    "search_variable": "SearchInstances (100) by `variable=reference=<JSON>`, one instance's own key"
+    " (1,000 distinct ones, round robin), as an operator",
+    "search_incident": "SearchInstances (100) with `has_incident=true` (1 instance in 100 has one),"
+    " as an operator",
+    "list_incidents": "ListIncidents first page (100), oldest first, as an operator",
 }
+# The operations API's reads, through REST as a consumer with `operate orchestra`.
+OPERATIONS = ("search_variable", "search_incident", "list_incidents")
+# The variable every seeded instance of the grown tenant carries with its own id as value.
+KEY_VARIABLE = "reference"
+OPS = "/orchestra-ops/v1/"
 WRITES = ("start_process", "signal", "set_variable")
 
 
@@ -54,6 +65,8 @@ class Pools:
     rest_tokens: list[str] = field(default_factory=list)  # parked tokens, signalled once each
     grpc_tokens: list[str] = field(default_factory=list)
     deep_tokens: dict[str, str] = field(default_factory=dict)  # tenant -> a page token half-way down
+    # tenant -> `variable` query values (URL-encoded `reference="<id>"`) for search_variable
+    filters: dict[str, list[str]] = field(default_factory=dict)
 
     def file(self, name: str, ids: list[str]) -> Path:
         path = self.workdir / f"ids-{name}.txt"
@@ -111,7 +124,7 @@ class Runner:
         self, scenario: str, duration: float, *, concurrency: int | None = None, tenant: str = "bench"
     ) -> Result:
         c = concurrency or self.concurrency
-        token = self.stack.token(tenant)
+        token = self.stack.token(operator_key(tenant) if scenario in OPERATIONS else tenant)
         url = self.stack.rest_url
         static = wrk_script("static", self.workdir)
         cycle = wrk_script("cycle", self.workdir)
@@ -198,6 +211,34 @@ class Runner:
                     url,
                     static,
                     ["GET", f"/orchestra-api/instances?page_size=100&page_token={page}", token],
+                    duration=duration,
+                    connections=c,
+                )
+            if scenario == "search_variable":
+                ids = self.pools.file(f"filters-{tenant}", self.pools.filters[tenant])
+                return run_wrk(
+                    scenario,
+                    url,
+                    cycle,
+                    ["GET", OPS + "instances?page_size=100&variable={}", token, str(ids), "cycle", "1"],
+                    duration=duration,
+                    connections=c,
+                )
+            if scenario == "search_incident":
+                return run_wrk(
+                    scenario,
+                    url,
+                    static,
+                    ["GET", OPS + "instances?has_incident=true&page_size=100", token],
+                    duration=duration,
+                    connections=c,
+                )
+            if scenario == "list_incidents":
+                return run_wrk(
+                    scenario,
+                    url,
+                    static,
+                    ["GET", OPS + "incidents?page_size=100", token],
                     duration=duration,
                     connections=c,
                 )
@@ -311,6 +352,31 @@ def check_grpc(stack: Stack) -> None:
             (SVC + "ListInstances", pb.ListInstancesRequest(page_size=1).SerializeToString()),
         ):
             channel.unary_unary(method)(message, metadata=meta, timeout=10)
+
+
+def variable_filter(instance_id: str) -> str:
+    """The URL-encoded `variable` query value matching the instance's own key."""
+    return urllib.parse.quote(f"{KEY_VARIABLE}={json.dumps(keyed_value(instance_id))}", safe="")
+
+
+def check_operations(stack: Stack, pools: Pools, tenant: str) -> dict[str, int]:
+    """One call of each operations scenario, checking it answers what it should: wrk only counts
+    statuses, and an empty answer would be fast for the wrong reason. Returns the item counts."""
+    token = stack.token(operator_key(tenant))
+    counts: dict[str, int] = {}
+    for scenario, path, key in (
+        ("search_variable", f"instances?page_size=100&variable={pools.filters[tenant][0]}", "instances"),
+        ("search_incident", "instances?has_incident=true&page_size=100", "instances"),
+        ("list_incidents", "incidents?page_size=100", "incidents"),
+    ):
+        status, body = stack.http("GET", OPS + path, token)
+        if status != 200:
+            raise RuntimeError(f"{scenario}: {status} {body[:300]!r}")
+        items = json.loads(body).get(key, [])
+        if not items or (scenario == "search_variable" and len(items) != 1):
+            raise RuntimeError(f"{scenario}: unexpected answer {body[:300]!r}")
+        counts[scenario] = len(items)
+    return counts
 
 
 def walk_pages(

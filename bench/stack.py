@@ -26,12 +26,19 @@ from orchestra_server import runtime
 from orchestra_server.bootstrap import open_storage
 from orchestra_server.edge import EdgeSettings, EnvoyProcess, TenantRateLimit, Upstream
 from orchestra_server.edge.config import REPO_ROOT, edge_dir
+from orchestra_server.identity.consumers import OPERATE_PERMISSION
 from orchestra_server.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("ORCHESTRA_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # High enough never to refuse a request in a benchmark, low enough for Envoy's uint32 fields.
 UNLIMITED = TenantRateLimit(requests_per_second=10_000_000, burst=10_000_000)
 EXAMPLES = REPO_ROOT / "examples"
+OPERATOR_ROLE = "bench_operator"
+
+
+def operator_key(tenant: str) -> str:
+    """The key of a tenant's operator consumer in ``Stack.consumers`` (and for ``Stack.token``)."""
+    return f"{tenant}:operator"
 
 
 @dataclass(frozen=True)
@@ -173,8 +180,12 @@ class Stack:
     def settings(self) -> Settings:
         return Settings.load(data_dir=self.run_dir / "data", db_url=self.db_url)
 
-    def prepare(self, tenants: tuple[str, ...] = ("bench", "big")) -> None:
-        """Migrates, deploys the examples (shared) and creates one consumer per tenant, with the CLI."""
+    def prepare(self, tenants: tuple[str, ...] = ("bench", "big"), operators: tuple[str, ...] = ()) -> None:
+        """Migrates, deploys the examples (shared) and creates one consumer per tenant, with the CLI.
+
+        Each tenant in `operators` also gets a consumer with the operator role (`operate
+        orchestra`), under the key ``operator_key(tenant)``.
+        """
         settings = self.settings
         open_storage(settings).dispose()
         orchestra_cli(
@@ -183,11 +194,23 @@ class Stack:
             "deploy",
             str(EXAMPLES / "three_step.yaml"),
             str(EXAMPLES / "reminder.yaml"),
+            str(EXAMPLES / "expense_approval.yaml"),
         )
+        if operators:
+            orchestra_cli(settings, "role", "create", OPERATOR_ROLE, "--permission", OPERATE_PERMISSION)
         for tenant in tenants:
             orchestra_cli(settings, "tenant", "create", tenant)
             created = json.loads(orchestra_cli(settings, "consumer", "create", "--tenant", tenant, "--json"))
             self.consumers[tenant] = Consumer(created["client_id"], created["client_secret"], tenant)
+            if tenant in operators:
+                created = json.loads(
+                    orchestra_cli(
+                        settings, "consumer", "create", "--tenant", tenant, "--role", OPERATOR_ROLE, "--json"
+                    )
+                )
+                self.consumers[operator_key(tenant)] = Consumer(
+                    created["client_id"], created["client_secret"], tenant
+                )
 
     def start(self) -> None:
         settings = self.settings
@@ -257,6 +280,7 @@ class Stack:
             return exc.code, exc.read()
 
     def token_form(self, tenant: str) -> bytes:
+        """The client-credentials form of a consumer (a tenant, or ``operator_key(tenant)``)."""
         consumer = self.consumers[tenant]
         return urllib.parse.urlencode(
             {

@@ -16,7 +16,8 @@
 --
 -- * Requests: a path segment or query value whose percent-decoding is not
 --   clean UTF-8 text (invalid UTF-8, control characters, `\`, or an encoded
---   `/`) can name nothing Orchestra stores. The transcoder would refuse it
+--   `/`; in a JSON-valued parameter only the first two) can name nothing
+--   Orchestra stores. The transcoder would refuse it
 --   with a bare 400 or hand the service bytes it cannot decode (a 500), so it
 --   is replaced by U+FFFD and the service answers as for any unknown id:
 --   404, 422 or `{}`, exactly as the contract says.
@@ -44,14 +45,20 @@ local FIXED_MESSAGES = {
 
 local REPLACEMENT = "%EF%BF%BD"
 
--- True when `text` is UTF-8 with no control character, backslash or slash.
-local function clean_text(text)
+-- Query parameters whose value carries JSON (the operations API's
+-- `variable=name=<JSON>` filter): a JSON string may hold `/` and `\`, and
+-- `+` is a space, as in any form-encoded query.
+local JSON_PARAMETERS = { variable = true }
+
+-- True when `text` is UTF-8 with no control character and, unless `json`
+-- allows them, no backslash or slash.
+local function clean_text(text, json)
   local i, n = 1, #text
   while i <= n do
     local c = text:byte(i)
     local extra, low, high = 0, 0x80, 0xBF
     if c < 0x80 then
-      if c < 0x20 or c == 0x7F or c == 0x5C or c == 0x2F then
+      if c < 0x20 or c == 0x7F or (not json and (c == 0x5C or c == 0x2F)) then
         return false
       end
     elseif c >= 0xC2 and c <= 0xDF then
@@ -76,7 +83,7 @@ local function clean_text(text)
   return true
 end
 
-local function clean_component(component, plus_is_space)
+local function clean_component(component, plus_is_space, json)
   -- A stray `%` not followed by two hex digits is malformed on its own.
   if component:find("%%%X") or component:find("%%%x%X") or component:find("%%$") or component:find("%%%x$") then
     return REPLACEMENT
@@ -86,7 +93,7 @@ local function clean_component(component, plus_is_space)
     decoded = decoded:gsub("%+", " ")
   end
   decoded = decoded:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
-  if clean_text(decoded) then
+  if clean_text(decoded, json) then
     return component
   end
   return REPLACEMENT
@@ -96,12 +103,19 @@ local function clean_path(path)
   local base, query = path:match("^([^?]*)%??(.*)$")
   local changed = false
   local cleaned_base = base:gsub("[^/]+", function(segment)
-    local cleaned = clean_component(segment, false)
+    local cleaned = clean_component(segment, false, false)
     if cleaned ~= segment then changed = true end
     return cleaned
   end)
   local cleaned_query = query:gsub("([^&=]*)=([^&]*)", function(name, value)
-    local cleaned = clean_component(value, true)
+    local json = JSON_PARAMETERS[name] == true
+    local cleaned = clean_component(value, true, json)
+    if json then
+      -- The transcoder decodes only percent escapes, but a form-encoded
+      -- space (Python's urlencode, browsers) arrives as `+`; a JSON value
+      -- meaning `+` sends `%2B`.
+      cleaned = (cleaned:gsub("%+", "%%20"))
+    end
     if cleaned ~= value then changed = true end
     return name .. "=" .. cleaned
   end)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import text
 
@@ -25,6 +26,7 @@ from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.metrics import Metrics
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
+from orchestra_server.service.operations import OperationsService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.service.scheduler import TimerScheduler
 from orchestra_server.service.status import read_engine_state
@@ -105,6 +107,21 @@ class Administration:
     clock: Callable[[], datetime]
     definitions: DefinitionService
     directory: DirectoryService
+    # Where the page-token key lives; read (or created) only by a command that pages.
+    signing_keys_path: Path
+    _operations: OperationsService | None = field(default=None, repr=False)
+
+    @property
+    def operations(self) -> OperationsService:
+        if self._operations is None:
+            self._operations = _operations(
+                self.database,
+                self.clock,
+                new_id,
+                load_or_create_page_token_key(self.signing_keys_path),
+                self.definitions,
+            )
+        return self._operations
 
     def close(self) -> None:
         self.database.dispose()
@@ -125,11 +142,31 @@ def administration(
         clock=clock,
         definitions=DefinitionService(database, clock=clock),
         directory=DirectoryService(database, clock=clock),
+        signing_keys_path=settings.signing_keys_path,
     )
     try:
         yield admin
     finally:
         admin.close()
+
+
+def _operations(
+    database: Database,
+    clock: Callable[[], datetime],
+    ids: Callable[[], str],
+    page_token_key: bytes,
+    definitions: DefinitionService,
+) -> OperationsService:
+    """The operations service of an administrative command, over its own process service."""
+    processes = ProcessService(database, clock=clock, new_id=ids, page_token_key=page_token_key)
+    return OperationsService(
+        database,
+        clock=clock,
+        new_id=ids,
+        page_token_key=page_token_key,
+        processes=processes,
+        definitions=definitions,
+    )
 
 
 @dataclass
@@ -142,6 +179,7 @@ class Application:
     processes: ProcessService
     definitions: DefinitionService
     directory: DirectoryService
+    operations: OperationsService
     key_ring: KeyRing
     token_endpoint: TokenEndpoint
     authenticator: Authenticator
@@ -165,7 +203,9 @@ class Application:
     def authenticate(self, authorization: str | None, tenant_hint: str | None, now: datetime) -> Caller:
         principal = self.authenticator.authenticate(authorization, now)
         check_forwarded_tenant(principal, tenant_hint)
-        return Caller(tenant_id=principal.tenant_id, actor=principal.client_id)
+        return Caller(
+            tenant_id=principal.tenant_id, actor=principal.client_id, permissions=principal.permissions
+        )
 
     def jwks_json(self, now: datetime) -> bytes:
         return json.dumps(self.key_ring.jwks(now), separators=(",", ":")).encode()
@@ -174,6 +214,7 @@ class Application:
         """What the gRPC server uses of this application, and nothing more."""
         return ServerDependencies(
             processes=self.processes,
+            operations=self.operations,
             token_endpoint=self.token_endpoint,
             key_set=self.jwks_json,
             authenticate=self.authenticate,
@@ -209,12 +250,9 @@ def build_application(
     key_ring = open_key_ring(settings, clock())
     issuer = AccessTokenIssuer(key_ring, settings.issuer, settings.audience, lifetime=settings.token_lifetime)
     verifier = AccessTokenVerifier(key_ring, settings.issuer, settings.audience)
-    processes = ProcessService(
-        database,
-        clock=clock,
-        new_id=ids,
-        page_token_key=load_or_create_page_token_key(settings.signing_keys_path),
-    )
+    page_token_key = load_or_create_page_token_key(settings.signing_keys_path)
+    processes = ProcessService(database, clock=clock, new_id=ids, page_token_key=page_token_key)
+    definitions = DefinitionService(database, clock=clock)
     timers = TimerScheduler(database, processes, clock=clock) if scheduler else None
     metrics = Metrics()
     metrics.watch(lambda: read_engine_state(database, clock()), timers)
@@ -223,8 +261,16 @@ def build_application(
         database=database,
         clock=clock,
         processes=processes,
-        definitions=DefinitionService(database, clock=clock),
+        definitions=definitions,
         directory=directory,
+        operations=OperationsService(
+            database,
+            clock=clock,
+            new_id=ids,
+            page_token_key=page_token_key,
+            processes=processes,
+            definitions=definitions,
+        ),
         key_ring=key_ring,
         token_endpoint=TokenEndpoint(directory, issuer),
         authenticator=Authenticator(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -23,6 +25,7 @@ from orchestra_server.bootstrap import (
 )
 from orchestra_server.errors import OrchestraError
 from orchestra_server.identity.keys import MIN_PUBLISH_LEAD
+from orchestra_server.service.processes import Caller
 from orchestra_server.settings import ENVIRONMENT, MAX_GRACE_PERIOD, Settings, SettingsError
 from orchestra_server.storage.database import DatabaseNotReady
 from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
@@ -40,6 +43,68 @@ def _help(text: str, setting: str, default: object = None) -> str:
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+# --- operator commands: who acts, and how their answers print ------------------------------------
+
+TENANT_HELP = "The tenant whose data this is (another tenant's ids answer as unknown ones)."
+# The actor the audit trail names for changes made on the server's own command line.
+OPERATOR = "operator"
+HISTORY_PAGE = 1000
+INCIDENT_PAGE = 1000
+
+
+def operator(tenant: str) -> Caller:
+    """The CLI acts on the server as `operator`, holding every permission."""
+    from orchestra_server.identity.consumers import (
+        ACCESS_PERMISSION,
+        DEPLOY_PERMISSION,
+        DEPLOY_SHARED_PERMISSION,
+        OPERATE_PERMISSION,
+    )
+
+    everything = {ACCESS_PERMISSION, OPERATE_PERMISSION, DEPLOY_PERMISSION, DEPLOY_SHARED_PERMISSION}
+    return Caller(tenant, OPERATOR, frozenset(everything))
+
+
+def plain(value: Any) -> Any:
+    """A view as JSON-ready values: dataclasses as objects, tuples as lists, times in RFC 3339."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def _every_page(read: Callable[[str], Any]) -> list[Any]:
+    """Every item of a paged listing, following its page tokens to the end."""
+    items: list[Any] = []
+    token = ""
+    while True:
+        page = read(token)
+        items.extend(page.items)
+        token = page.next_page_token
+        if not token:
+            return items
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _assignment(item: str) -> tuple[str, Any]:
+    """`NAME=JSON` as a name and a value; the service checks the name and the limits."""
+    name, equals, text = item.partition("=")
+    if not equals or not name:
+        fail(f"--variable {item!r} is not NAME=JSON")
+    try:
+        return name, json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        fail(f"--variable {name}: the value is not JSON ({exc})")
 
 
 def current_settings() -> Settings:
@@ -444,6 +509,270 @@ def definition_list(settings: Settings, tenant: str | None, as_json: bool) -> No
         click.echo(
             f"{item['id']}\tversion {item['version']}\t{item['tenant'] or '(shared)'}\t{item['deployed_at']}"
         )
+
+
+@definition.command("show")
+@storage_options
+@click.argument("definition_id")
+@click.option("--tenant", required=True, help=TENANT_HELP)
+@click.option("--version", "version", type=click.IntRange(1), default=None, help="Default: the newest.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def definition_show(
+    settings: Settings, definition_id: str, tenant: str, version: int | None, as_json: bool
+) -> None:
+    """Show one version of a definition as the tenant sees it: nodes with live tokens, and flows."""
+    with administration(settings, writes=False) as admin:
+        graph = admin.operations.get_definition(operator(tenant), definition_id, version or 0)
+    if as_json:
+        click.echo(json.dumps(plain(graph), indent=2))
+        return
+    scope = "shared" if graph.scope == "shared" else f"tenant {tenant}"
+    click.echo(f"{graph.definition_id}\tversion {graph.version} of {graph.latest_version}\t{scope}")
+    if graph.label:
+        click.echo(f"label: {graph.label}")
+    click.echo(f"deployed: {graph.deployed_at.isoformat()}")
+    click.echo("nodes (live tokens: parked/waiting/incident):")
+    for node in graph.nodes:
+        click.echo(
+            f"  {node.id}\t{node.type}\tjoin {node.join}\tsplit {node.split}"
+            f"\t{node.parked}/{node.waiting}/{node.incident}"
+        )
+    click.echo("flows:")
+    for flow in graph.flows:
+        marks = " (default)" if flow.default else " (timeout)" if flow.timeout else ""
+        when = f"\twhen {flow.condition}" if flow.condition else ""
+        click.echo(f"  {flow.from_node} -> {flow.to_node}{marks}{when}")
+
+
+# --- instances and incidents, as an operator -------------------------------------------------
+
+
+@main.group()
+def instance() -> None:
+    """Process instances of one tenant: find, inspect, cancel."""
+
+
+@instance.command("list")
+@storage_options
+@click.option("--tenant", required=True, help=TENANT_HELP)
+@click.option("--definition", "definition_id", default="", help="Only instances of this definition.")
+@click.option(
+    "--version", type=click.IntRange(1), default=None, help="Only this version (needs --definition)."
+)
+@click.option("--status", default="", help="running, completed, cancelled or failed.")
+@click.option(
+    "--has-incident/--no-incident", "has_incident", default=None, help="With or without an incident."
+)
+@click.option("--node", "node_id", default="", help="Only instances with a live token on this node.")
+@click.option("--started-after", default="", help="RFC 3339, e.g. 2026-01-31T00:00:00Z.")
+@click.option("--started-before", default="", help="RFC 3339.")
+@click.option(
+    "--variable",
+    "variables",
+    multiple=True,
+    metavar="NAME=JSON",
+    help="Only instances whose variable equals this JSON value (repeatable; all must hold).",
+)
+@click.option("--page-size", type=int, default=0, help="1..1000 (default 100).")
+@click.option("--page-token", default="", help="The next page token a previous listing printed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def instance_list(
+    settings: Settings,
+    tenant: str,
+    definition_id: str,
+    version: int | None,
+    status: str,
+    has_incident: bool | None,
+    node_id: str,
+    started_after: str,
+    started_before: str,
+    variables: tuple[str, ...],
+    page_size: int,
+    page_token: str,
+    as_json: bool,
+) -> None:
+    """List a tenant's instances matching every filter given, newest first, one page at a time."""
+    from orchestra_server.service.operations import InstanceFilter
+
+    query = InstanceFilter.parse(
+        definition_id=definition_id,
+        version=version or 0,
+        status=status,
+        has_incident=has_incident,
+        node_id=node_id,
+        started_after=started_after,
+        started_before=started_before,
+        variable=variables,
+    )
+    with administration(settings, writes=False) as admin:
+        page = admin.operations.search_instances(
+            operator(tenant), query, page_size=page_size, page_token=page_token
+        )
+    if as_json:
+        click.echo(
+            json.dumps({"instances": plain(page.items), "next_page_token": page.next_page_token}, indent=2)
+        )
+        return
+    for item in page.items:
+        click.echo(
+            "\t".join(
+                [
+                    item.id,
+                    f"{item.definition_id} v{item.definition_version}",
+                    item.status,
+                    item.started_at.isoformat(),
+                    f"{item.open_incidents} incidents",
+                ]
+            )
+        )
+    if page.next_page_token:
+        click.echo(f"next page: --page-token {page.next_page_token}")
+
+
+@instance.command("show")
+@storage_options
+@click.argument("instance_id")
+@click.option("--tenant", required=True, help=TENANT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def instance_show(settings: Settings, instance_id: str, tenant: str, as_json: bool) -> None:
+    """Show an instance: version, times, variables and every live token (incidents with their reason)."""
+    with administration(settings, writes=False) as admin:
+        found = admin.operations.get_instance_detail(operator(tenant), instance_id)
+    if as_json:
+        click.echo(json.dumps(plain(found), indent=2))
+        return
+    click.echo(f"{found.id}\t{found.definition_id} v{found.definition_version}\t{found.status}")
+    click.echo(f"started: {found.started_at.isoformat()}\tupdated: {found.updated_at.isoformat()}")
+    if found.ended_at is not None:
+        click.echo(f"ended: {found.ended_at.isoformat()}")
+    click.echo("tokens:")
+    for token in found.tokens:
+        since = token.since.isoformat() if token.since else ""
+        due = f"\tdue {token.due_at.isoformat()}" if token.due_at else ""
+        incident = f"\t{token.incident_kind}: {token.incident_reason}" if token.incident_kind else ""
+        click.echo(f"  {token.id}\t{token.node_id}\t{token.status}\tsince {since}{due}{incident}")
+    click.echo("variables:")
+    for name, value in sorted(found.variables.items()):
+        click.echo(f"  {name} = {json.dumps(value, ensure_ascii=False)}")
+
+
+@instance.command("history")
+@storage_options
+@click.argument("instance_id")
+@click.option("--tenant", required=True, help=TENANT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@reports_errors
+def instance_history(settings: Settings, instance_id: str, tenant: str, as_json: bool) -> None:
+    """Show an instance's audit trail, oldest first: who did what, which tokens moved."""
+    with administration(settings, writes=False) as admin:
+        entries = _every_page(
+            lambda token: admin.operations.get_instance_history(
+                operator(tenant), instance_id, page_size=HISTORY_PAGE, page_token=token
+            )
+        )
+    for entry in entries:
+        if as_json:
+            click.echo(json.dumps(plain(entry)))
+            continue
+        columns = [entry.at.isoformat(), entry.actor, entry.action, entry.status, ",".join(entry.nodes)]
+        extra = [*entry.incidents, *([f"reason: {entry.reason}"] if entry.reason else [])]
+        click.echo("\t".join([*columns, "; ".join(extra)]).rstrip("\t"))
+
+
+@instance.command("cancel")
+@storage_options
+@click.argument("instance_id")
+@click.option("--tenant", required=True, help=TENANT_HELP)
+@click.option("--reason", default="", help="Why, for the audit trail.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def instance_cancel(settings: Settings, instance_id: str, tenant: str, reason: str, as_json: bool) -> None:
+    """Cancel a running instance: every live token is removed and its timers never fire."""
+    with administration(settings, writes=True) as admin:
+        admin.operations.cancel_instance(operator(tenant), instance_id, reason)
+    if as_json:
+        click.echo(json.dumps({"instance_id": instance_id, "status": "cancelled"}))
+    else:
+        click.echo(f"cancelled {instance_id}")
+
+
+@main.group()
+def incident() -> None:
+    """Tokens in incident: find them, then retry, skip or cancel their branch."""
+
+
+@incident.command("list")
+@storage_options
+@click.option("--tenant", required=True, help=TENANT_HELP)
+@click.option("--definition", "definition_id", default="", help="Only incidents of this definition.")
+@click.option("--node", "node_id", default="", help="Only incidents on this node.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def incident_list(settings: Settings, tenant: str, definition_id: str, node_id: str, as_json: bool) -> None:
+    """List a tenant's open incidents, oldest first."""
+    with administration(settings, writes=False) as admin:
+        found = _every_page(
+            lambda token: admin.operations.list_incidents(
+                operator(tenant),
+                definition_id=definition_id,
+                node_id=node_id,
+                page_size=INCIDENT_PAGE,
+                page_token=token,
+            )
+        )
+    if as_json:
+        click.echo(json.dumps(plain(found), indent=2))
+        return
+    for item in found:
+        since = item.since.isoformat() if item.since else ""
+        click.echo(
+            "\t".join(
+                [
+                    item.token_id,
+                    item.instance_id,
+                    f"{item.definition_id} v{item.definition_version}",
+                    item.node_id,
+                    since,
+                    f"{item.kind}: {item.reason}",
+                ]
+            )
+        )
+
+
+def _resolve_command(action: str, name: str, summary: str) -> None:
+    @incident.command(name, help=summary)
+    @storage_options
+    @click.argument("token_id")
+    @click.option("--tenant", required=True, help=TENANT_HELP)
+    @click.option(
+        "--variable",
+        "variables",
+        multiple=True,
+        metavar="NAME=JSON",
+        help="Set this variable first, in the same transaction (repeatable).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @reports_errors
+    def resolve(
+        settings: Settings, token_id: str, tenant: str, variables: tuple[str, ...], as_json: bool
+    ) -> None:
+        values = dict(_assignment(item) for item in variables)
+        with administration(settings, writes=True) as admin:
+            status = admin.operations.resolve_incident(operator(tenant), token_id, action, values or None)
+        if as_json:
+            click.echo(json.dumps({"action": action, "instance_status": status}))
+        else:
+            click.echo(f"{name}: {token_id}; the instance is {status}")
+
+
+_resolve_command("retry", "retry", "Retry the move that failed (after setting any --variable).")
+_resolve_command("skip", "skip", "Move the token on as if its node had completed, choosing flows as usual.")
+_resolve_command(
+    "cancel_branch", "cancel-branch", "Remove the token; the instance completes if nothing else is live."
+)
 
 
 # --- tenants, roles, consumers, keys -----------------------------------------------------------

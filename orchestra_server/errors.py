@@ -56,6 +56,13 @@ class TokenNotParked(Unprocessable):
         super().__init__("token is not parked")
 
 
+class TokenNotInIncident(Unprocessable):
+    """The token is not in incident in a running instance of the caller's tenant."""
+
+    def __init__(self) -> None:
+        super().__init__("token is not in incident")
+
+
 class InstanceNotWritable(Unprocessable):
     """The instance is missing, not running, or another tenant's."""
 

@@ -28,7 +28,8 @@ function request()
     end
   end
   n = n + 1
-  local path = template:gsub("{}", ids[pos])
+  -- "%" in a gsub replacement starts a capture reference: URL-encoded ids need it doubled.
+  local path = template:gsub("{}", (ids[pos]:gsub("%%", "%%%%")))
   local b = body and body:gsub("{n}", tostring(n)) or nil
   return wrk.format(method, path, headers, b)
 end

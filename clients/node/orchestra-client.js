@@ -15,6 +15,11 @@
 //   await client.signalToken(instance.tokens[0].id);
 //   client.close();
 //
+// A consumer holding `operate orchestra` also reaches the operations API
+// (orchestra.v1.OperationsService) through the same client: searchInstances,
+// getInstanceDetail, listIncidents, resolveIncident, cancelInstance and the
+// rest below. Counts come back as numbers and times as Date objects.
+//
 // Every call returns a promise of plain JavaScript values. A failed call
 // rejects with the grpc-js error: `err.code` is the gRPC status code (see
 // `status` below) and `err.details` the server's message.
@@ -35,7 +40,11 @@ const CHANNEL_OPTIONS = {
 };
 // A token this close to its expiry is renewed before the next call.
 const REFRESH_MARGIN_MS = 30_000;
-const PROTO_FILES = ['orchestra/v1/orchestra_service.proto', 'orchestra/v1/auth_service.proto'];
+const PROTO_FILES = [
+  'orchestra/v1/orchestra_service.proto',
+  'orchestra/v1/auth_service.proto',
+  'orchestra/v1/operations_service.proto',
+];
 
 // The directory holding protobufjs's own google/protobuf/*.proto files, found
 // through proto-loader so that the copy proto-loader uses is the one named.
@@ -167,10 +176,10 @@ class OrchestraClient {
     const pkg = loadPackage(options.protoDir);
     const credentials = options.credentials || grpc.credentials.createInsecure();
     this.orchestra = new pkg.orchestra.v1.OrchestraService(target, credentials, CHANNEL_OPTIONS);
-    // The auth stub shares the channel of the service stub.
-    this.auth = new pkg.orchestra.v1.AuthService(target, credentials, {
-      channelOverride: this.orchestra.getChannel(),
-    });
+    // The auth and operations stubs share the channel of the service stub.
+    const shared = { channelOverride: this.orchestra.getChannel() };
+    this.auth = new pkg.orchestra.v1.AuthService(target, credentials, shared);
+    this.operations = new pkg.orchestra.v1.OperationsService(target, credentials, shared);
     this.deadlineMs = options.deadlineMs || DEFAULT_DEADLINE_MS;
     this.accessToken = options.accessToken || null;
     // Set by login(): the client then renews its token before it expires, and once more
@@ -238,12 +247,16 @@ class OrchestraClient {
   }
 
   async _call(method, request, extraMetadata) {
+    return this._callOn(this.orchestra, method, request, extraMetadata);
+  }
+
+  async _callOn(stub, method, request, extraMetadata) {
     if (this._credentials && Date.now() >= this.tokenExpiresAt - REFRESH_MARGIN_MS) {
       await this._renew();
     }
     const sent = this.accessToken;
     try {
-      return await call(this.orchestra, method, request, this._metadata(extraMetadata), this.deadlineMs);
+      return await call(stub, method, request, this._metadata(extraMetadata), this.deadlineMs);
     } catch (error) {
       // A refused token is checked before the call does anything, so even a start is safe to
       // send again with a new one.
@@ -253,7 +266,7 @@ class OrchestraClient {
       if (this.accessToken === sent) {
         await this._renew();
       }
-      return call(this.orchestra, method, request, this._metadata(extraMetadata), this.deadlineMs);
+      return call(stub, method, request, this._metadata(extraMetadata), this.deadlineMs);
     }
   }
 
@@ -297,9 +310,10 @@ class OrchestraClient {
     };
   }
 
-  // Signals a parked token; resolves to 'signalled'.
-  async signalToken(tokenId) {
-    const answer = await this._call('SignalToken', { token_id: tokenId });
+  // Signals a parked token, first setting `variables` (if any) in the same
+  // transaction; resolves to 'signalled'.
+  async signalToken(tokenId, variables = {}) {
+    const answer = await this._call('SignalToken', { token_id: tokenId, variables: toFields(variables) });
     return answer.status;
   }
 
@@ -319,9 +333,275 @@ class OrchestraClient {
     return answer.status;
   }
 
+  // --- the operations API (needs `operate orchestra`; deploy needs `deploy orchestra definitions`)
+
+  _operate(method, request) {
+    return this._callOn(this.operations, method, request);
+  }
+
+  // Validates and deploys a definition's YAML or JSON source:
+  // { definition_id, version, changed, scope }.
+  async deployDefinition(source, { scope = '' } = {}) {
+    const answer = await this._operate('DeployDefinition', { source, scope });
+    return { definition_id: answer.definition_id, version: answer.version, changed: answer.changed, scope: answer.scope };
+  }
+
+  // Every definition available to the tenant: [{ definition_id, latest_version, label, scope,
+  // running_instances, open_incidents, versions: [{ version, deployed_at, running_instances }] }].
+  async listDefinitions() {
+    const answer = await this._operate('ListDefinitions', {});
+    return answer.definitions.map((d) => ({
+      definition_id: d.definition_id,
+      latest_version: d.latest_version,
+      label: d.label,
+      scope: d.scope,
+      running_instances: Number(d.running_instances),
+      open_incidents: Number(d.open_incidents),
+      versions: d.versions.map((v) => ({
+        version: v.version,
+        deployed_at: fromTimestamp(v.deployed_at),
+        running_instances: Number(v.running_instances),
+      })),
+    }));
+  }
+
+  // One version (0: the newest) as a graph: { definition_id, version, latest_version, label,
+  // scope, deployed_at, nodes: [{ id, type, ..., tokens: { parked, waiting, incident } }], flows }.
+  async getDefinition(definitionId, { version = 0 } = {}) {
+    const answer = await this._operate('GetDefinition', { definition_id: definitionId, version });
+    return {
+      definition_id: answer.definition_id,
+      version: answer.version,
+      latest_version: answer.latest_version,
+      label: answer.label,
+      scope: answer.scope,
+      deployed_at: fromTimestamp(answer.deployed_at),
+      nodes: answer.nodes.map((n) => ({
+        id: n.id,
+        type: n.type,
+        label: n.label,
+        join: n.join,
+        split: n.split,
+        threshold: n.threshold,
+        timer_after: n.timer_after,
+        timer_until: n.timer_until,
+        timeout_after: n.timeout_after,
+        timeout_to: n.timeout_to,
+        tokens: {
+          parked: Number(n.tokens ? n.tokens.parked : 0),
+          waiting: Number(n.tokens ? n.tokens.waiting : 0),
+          incident: Number(n.tokens ? n.tokens.incident : 0),
+        },
+      })),
+      flows: answer.flows.map((f) => ({
+        order: f.order,
+        from_node: f.from_node,
+        to_node: f.to_node,
+        condition: f.condition,
+        default: f.default,
+        timeout: f.timeout,
+      })),
+    };
+  }
+
+  // One page of the tenant's instances matching every filter, newest first:
+  // { instances: [{ id, definition_id, definition_version, status, started_at, updated_at,
+  // ended_at, open_incidents }], next_page_token }. `variables` is { name: JSON value }.
+  async searchInstances(filters = {}) {
+    const { pageSize = 0, pageToken = '' } = filters;
+    const answer = await this._operate('SearchInstances', {
+      ...instanceFilters(filters),
+      status: filters.status || '',
+      page_size: pageSize,
+      page_token: pageToken,
+    });
+    return {
+      instances: answer.instances.map((i) => ({
+        id: i.id,
+        definition_id: i.definition_id,
+        definition_version: i.definition_version,
+        status: i.status,
+        started_at: fromTimestamp(i.started_at),
+        updated_at: fromTimestamp(i.updated_at),
+        ended_at: fromTimestamp(i.ended_at),
+        open_incidents: Number(i.open_incidents),
+      })),
+      next_page_token: answer.next_page_token,
+    };
+  }
+
+  // The instance with its variables and live tokens (incident kind and reason on incidents).
+  async getInstanceDetail(instanceId) {
+    const { instance } = await this._operate('GetInstanceDetail', { instance_id: instanceId });
+    return {
+      id: instance.id,
+      definition_id: instance.definition_id,
+      definition_version: instance.definition_version,
+      status: instance.status,
+      started_at: fromTimestamp(instance.started_at),
+      updated_at: fromTimestamp(instance.updated_at),
+      ended_at: fromTimestamp(instance.ended_at),
+      variables: fromFields(instance.variables ? instance.variables.fields : {}),
+      tokens: instance.tokens.map((t) => ({
+        id: t.id,
+        node_id: t.node_id,
+        status: t.status,
+        since: fromTimestamp(t.since),
+        due_at: fromTimestamp(t.due_at),
+        incident_kind: optional(t, 'incident_kind'),
+        incident_reason: optional(t, 'incident_reason'),
+      })),
+    };
+  }
+
+  // One page of the instance's audit trail, oldest first: { entries, next_page_token }.
+  async getInstanceHistory(instanceId, { pageSize = 0, pageToken = '' } = {}) {
+    const answer = await this._operate('GetInstanceHistory', {
+      instance_id: instanceId,
+      page_size: pageSize,
+      page_token: pageToken,
+    });
+    return {
+      entries: answer.entries.map((e) => ({
+        at: fromTimestamp(e.at),
+        actor: e.actor,
+        action: e.action,
+        nodes: e.nodes,
+        tokens_consumed: e.tokens_consumed,
+        tokens_created: e.tokens_created,
+        variables: e.variables,
+        status: e.status,
+        incidents: e.incidents,
+        reason: e.reason,
+      })),
+      next_page_token: answer.next_page_token,
+    };
+  }
+
+  // Cancels a running instance; resolves to 'cancelled'.
+  async cancelInstance(instanceId, { reason = '' } = {}) {
+    const answer = await this._operate('CancelInstance', { instance_id: instanceId, reason });
+    return answer.status;
+  }
+
+  // One page of the tenant's open incidents, oldest first: { incidents: [{ instance_id,
+  // definition_id, definition_version, token_id, node_id, kind, reason, since }], next_page_token }.
+  async listIncidents({ definitionId = '', nodeId = '', pageSize = 0, pageToken = '' } = {}) {
+    const answer = await this._operate('ListIncidents', {
+      definition_id: definitionId,
+      node_id: nodeId,
+      page_size: pageSize,
+      page_token: pageToken,
+    });
+    return {
+      incidents: answer.incidents.map((i) => ({
+        instance_id: i.instance_id,
+        definition_id: i.definition_id,
+        definition_version: i.definition_version,
+        token_id: i.token_id,
+        node_id: i.node_id,
+        kind: i.kind,
+        reason: i.reason,
+        since: fromTimestamp(i.since),
+      })),
+      next_page_token: answer.next_page_token,
+    };
+  }
+
+  // Sets `variables`, then 'retry', 'skip' or 'cancel_branch' on a token in incident;
+  // resolves to the instance's status afterwards.
+  async resolveIncident(tokenId, action, variables = {}) {
+    const answer = await this._operate('ResolveIncident', {
+      token_id: tokenId,
+      action,
+      variables: toFields(variables),
+    });
+    return answer.instance_status;
+  }
+
+  // Cancels the running instances matching the filters (as searchInstances, without status):
+  // { matched, done, skipped, failed, errors }.
+  async cancelInstances(filters = {}) {
+    const { reason = '', dryRun = false, max = 0 } = filters;
+    const answer = await this._operate('CancelInstances', {
+      ...instanceFilters(filters),
+      reason,
+      dry_run: dryRun,
+      max,
+    });
+    return batchOutcome(answer);
+  }
+
+  // Retries the open incidents matching the filters: { matched, done, skipped, failed, errors }.
+  async retryIncidents({ definitionId = '', nodeId = '', dryRun = false, max = 0 } = {}) {
+    const answer = await this._operate('RetryIncidents', {
+      definition_id: definitionId,
+      node_id: nodeId,
+      dry_run: dryRun,
+      max,
+    });
+    return batchOutcome(answer);
+  }
+
   close() {
     this.orchestra.close();
   }
+}
+
+// --- the operations API's values -------------------------------------------------------------
+
+// A google.protobuf.Timestamp as a Date; null when unset.
+function fromTimestamp(stamp) {
+  if (!stamp) {
+    return null;
+  }
+  return new Date(Number(stamp.seconds) * 1000 + Math.floor(stamp.nanos / 1e6));
+}
+
+// A proto3 `optional` field: its value when set, else null.
+function optional(message, name) {
+  return message[`_${name}`] === name ? message[name] : null;
+}
+
+function rfc3339(moment) {
+  if (moment === undefined || moment === null) {
+    return '';
+  }
+  return moment instanceof Date ? moment.toISOString() : String(moment);
+}
+
+// The instance filters in their wire form; each variable filter as `name=<JSON>`.
+function instanceFilters({
+  definitionId = '',
+  version = 0,
+  hasIncident,
+  nodeId = '',
+  startedAfter,
+  startedBefore,
+  variables = {},
+} = {}) {
+  const request = {
+    definition_id: definitionId,
+    version,
+    node_id: nodeId,
+    started_after: rfc3339(startedAfter),
+    started_before: rfc3339(startedBefore),
+    variable: Object.entries(variables).map(([name, value]) => `${name}=${JSON.stringify(value)}`),
+  };
+  if (hasIncident !== undefined && hasIncident !== null) {
+    request.has_incident = hasIncident;
+  }
+  return request;
+}
+
+function batchOutcome(answer) {
+  return {
+    matched: Number(answer.matched),
+    done: Number(answer.done),
+    skipped: Number(answer.skipped),
+    failed: Number(answer.failed),
+    errors: answer.errors,
+  };
 }
 
 function connect(target, options) {

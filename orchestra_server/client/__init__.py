@@ -1,9 +1,10 @@
-"""One client contract for the seven operations, reachable over gRPC and over REST.
+"""Two client contracts, each reachable over gRPC and over REST: the consumer's seven operations
+(`OrchestraClient`) and the operations API for the people who run a tenant (`OperationsClient`).
 
 Every implementation returns the same plain values and raises the same exception types
 (the branches of `orchestra_server.errors`) for the same failures. The package loads none of
-the server's layers; the in-process implementation, which does, is
-`orchestra_server.local_client.LocalOrchestraClient`.
+the server's layers; the in-process implementations, which do, are
+`orchestra_server.local_client.LocalOrchestraClient` and `LocalOperationsClient`.
 """
 
 from orchestra_server.client.contract import (
@@ -13,15 +14,19 @@ from orchestra_server.client.contract import (
     OrchestraClient,
     TokenView,
 )
-from orchestra_server.client.grpc import GrpcOrchestraClient
-from orchestra_server.client.rest import RestOrchestraClient
+from orchestra_server.client.grpc import GrpcOperationsClient, GrpcOrchestraClient
+from orchestra_server.client.operations import OperationsClient
+from orchestra_server.client.rest import RestOperationsClient, RestOrchestraClient
 
 __all__ = [
+    "GrpcOperationsClient",
     "GrpcOrchestraClient",
     "InstancePage",
     "InstanceSummary",
     "InstanceView",
+    "OperationsClient",
     "OrchestraClient",
+    "RestOperationsClient",
     "RestOrchestraClient",
     "TokenView",
 ]

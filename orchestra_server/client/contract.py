@@ -89,8 +89,11 @@ class OrchestraClient(Protocol):
         """The instance with its live tokens. NotFound when missing or another tenant's."""
         ...
 
-    def signal_token(self, token_id: str) -> None:
-        """Signals a parked token. Unprocessable when it is not parked in the tenant."""
+    def signal_token(self, token_id: str, variables: Mapping[str, Json] | None = None) -> None:
+        """Signals a parked token, first setting `variables` in the same transaction (all or none).
+
+        Unprocessable when it is not parked in the tenant; InvalidArgument for bad variables.
+        """
         ...
 
     def get_variables(self, instance_id: str) -> dict[str, Json]:

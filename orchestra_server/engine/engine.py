@@ -57,14 +57,22 @@ failed is re-run; a failed route routes out of its node again with the current v
 token-limit incident redoes the move that was refused. An incident keeps the due time of the
 timer it fired from. Incidents recorded before they carried a retry are retried as they were
 then: an end node or a timer without a due time is activated again, anything else routes out.
+
+Resolving by hand. `skip` moves an incident token on as if its node had completed: the node
+routes out with its flows chosen as usual (a timer without waiting), an end node consumes it,
+and a join that could never fire is activated with the token that arrived. `cancel_branch`
+consumes the token and advances what its absence lets move (an inclusive join may fire, a join
+that needed it stops in an incident, markers nothing can reach any more go); with nothing but
+markers left, they go too and the instance completes.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 from orchestra_server.engine.conditions import ExpressionError, evaluate_condition, evaluate_time
 from orchestra_server.engine.durations import Duration
@@ -105,6 +113,23 @@ class Step:
     consumed: tuple[str, ...]
     status: InstanceStatus
     events: tuple[Event, ...]
+
+
+class Advance(Protocol):
+    """An engine call that moves one token: signal, fire_due, skip, cancel_branch."""
+
+    def __call__(
+        self,
+        definition: Definition,
+        tokens: Sequence[Token],
+        variables: Mapping[str, Json],
+        token_id: str,
+        *,
+        now: datetime,
+        new_id: Callable[[], str],
+        step_limit: int = ...,
+        token_limit: int = ...,
+    ) -> Step: ...
 
 
 class _TokenLimitReached(Exception):
@@ -202,6 +227,84 @@ def fire_due(
     if plan.node.type is NodeType.WAIT and plan.timeout_flow is not None:
         return run.resume(token, Retry.TIMEOUT, None)
     raise TokenNotParked()
+
+
+def skip(
+    definition: Definition,
+    tokens: Sequence[Token],
+    variables: Mapping[str, Json],
+    token_id: str,
+    *,
+    now: datetime,
+    new_id: Callable[[], str],
+    step_limit: int = STEP_LIMIT,
+    token_limit: int = TOKEN_LIMIT,
+) -> Step:
+    """Move an incident token on as if its node had completed, then advance.
+
+    The node routes out with its flows chosen as usual (a timer without waiting for its due
+    time); an end node consumes the token; a join that could never fire is activated with the
+    token that arrived. Raises TokenNotParked unless `token_id` names an INCIDENT token.
+    """
+    run = _Run(definition, tokens, variables, now, new_id, step_limit, token_limit)
+    token = run.live.get(token_id)
+    plan = run.plan.nodes.get(token.node_id) if token is not None else None
+    if token is None or plan is None or token.status is not TokenStatus.INCIDENT:
+        raise TokenNotParked()
+    if token.incident is IncidentKind.JOIN_UNREACHABLE or plan.node.type is NodeType.END:
+        how = Retry.ACTIVATE
+    else:
+        how = Retry.ROUTE_OUT
+    event = Event(EventKind.SKIPPED, token.node_id, token.id, message=token.reason, incident=token.incident)
+    # Activated as a node's single activation, it no longer counts as an arrival along a flow.
+    return run.resume(replace(token, arrived_by=None) if how is Retry.ACTIVATE else token, how, event)
+
+
+def cancel_branch(
+    definition: Definition,
+    tokens: Sequence[Token],
+    variables: Mapping[str, Json],
+    token_id: str,
+    *,
+    now: datetime,
+    new_id: Callable[[], str],
+    step_limit: int = STEP_LIMIT,
+    token_limit: int = TOKEN_LIMIT,
+) -> Step:
+    """Remove an incident token, then advance what its absence lets move.
+
+    An inclusive join that waited for the branch may fire; a join that needed it stops in
+    an incident; threshold-join markers no token can reach any more go. With nothing else
+    live (markers aside), the instance completes. Raises TokenNotParked unless `token_id`
+    names an INCIDENT token.
+    """
+    run = _Run(definition, tokens, variables, now, new_id, step_limit, token_limit)
+    token = run.live.get(token_id)
+    if token is None or token.node_id not in run.plan.nodes or token.status is not TokenStatus.INCIDENT:
+        raise TokenNotParked()
+    run.consume(token)
+    run.events.append(
+        Event(
+            EventKind.BRANCH_CANCELLED, token.node_id, token.id, message=token.reason, incident=token.incident
+        )
+    )
+    try:
+        run.drain()
+    except _TokenLimitReached:
+        # An inclusive join firing in the drain would leave too many tokens: remove the branch
+        # alone and leave the join to the next step that moves something.
+        run = run.restart()
+        run.consume(token)
+        run.events.append(
+            Event(
+                EventKind.BRANCH_CANCELLED,
+                token.node_id,
+                token.id,
+                message=token.reason,
+                incident=token.incident,
+            )
+        )
+    return run.finish()
 
 
 def _retry_of(token: Token, kind: NodeType) -> Retry:

@@ -174,6 +174,10 @@ class EventKind(StrEnum):
     TIMEOUT_FIRED = "timeout_fired"
     # An incident token was retried.
     RETRIED = "retried"
+    # An incident token was moved on as if its node had completed.
+    SKIPPED = "skipped"
+    # An incident token was removed with the branch it was on.
+    BRANCH_CANCELLED = "branch_cancelled"
     # A token left a node along `flows`, creating `tokens`.
     ROUTED = "routed"
     PARKED = "parked"

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 
-from orchestra_server.errors import PermissionDenied, Unauthenticated
+from orchestra_server.errors import Unauthenticated
 from orchestra_server.identity.access_tokens import AccessTokenVerifier
-from orchestra_server.identity.consumers import ACCESS_PERMISSION, ConsumerDirectory
+from orchestra_server.identity.consumers import ConsumerDirectory
 
 # Only real consumers can get here (the client id comes from a token we
 # signed), so this bound is about memory hygiene, not attack surface.
@@ -18,16 +18,17 @@ _MAX_STANDINGS = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller: which consumer, and the one tenant it acts in."""
+    """The authenticated caller: which consumer, the one tenant it acts in, what its roles grant."""
 
     client_id: str
     tenant_id: str
+    # Each route checks its own permission among these (transport.guard).
+    permissions: frozenset[str] = frozenset()
 
 
 class _Standing(Enum):
     ACTIVE = "active"
     GONE = "gone"
-    NOT_PERMITTED = "not permitted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +46,12 @@ def _utc_now() -> datetime:
 class Authenticator:
     """Checks bearer tokens and, every few seconds per client, that the consumer may still call.
 
-    Revocation and permission changes are not instant: a consumer's standing is
-    read from the directory at most once every `recheck_seconds` (2 s by
-    default) per client, so revoking a consumer or removing its
-    `access orchestra api` permission takes effect within that many seconds,
-    even for tokens that have not expired.
+    Revocation and permission changes are not instant: a consumer's standing and
+    permissions are read from the directory at most once every `recheck_seconds`
+    (2 s by default) per client, so revoking a consumer or changing its
+    permissions takes effect within that many seconds, even for tokens that have
+    not expired. Which permission a call needs is the transport's decision
+    (transport.guard.METHOD_PERMISSIONS): the principal carries them all.
     """
 
     def __init__(
@@ -73,7 +75,7 @@ class Authenticator:
         """The caller behind `Bearer <token>`.
 
         Unauthenticated for a missing or invalid token or a revoked or deleted
-        consumer; PermissionDenied when the consumer lost `access orchestra api`.
+        consumer.
         """
         if not authorization:
             raise Unauthenticated("missing access token")
@@ -88,8 +90,6 @@ class Authenticator:
         # consumer's was not issued for this consumer as it is now.
         if principal is None or principal.tenant_id != verified.tenant_id:
             raise Unauthenticated("invalid access token")
-        if checked.standing is _Standing.NOT_PERMITTED:
-            raise PermissionDenied(f"the consumer lacks the '{ACCESS_PERMISSION}' permission")
         return principal
 
     def _standing(self, client_id: str, at: float) -> _Checked:
@@ -101,9 +101,10 @@ class Authenticator:
         if consumer is None or consumer.revoked or consumer.client_id != client_id:
             checked = _Checked(_Standing.GONE, None, at)
         else:
-            principal = Principal(client_id=client_id, tenant_id=consumer.tenant_id)
-            permitted = ACCESS_PERMISSION in consumer.permissions
-            checked = _Checked(_Standing.ACTIVE if permitted else _Standing.NOT_PERMITTED, principal, at)
+            principal = Principal(
+                client_id=client_id, tenant_id=consumer.tenant_id, permissions=frozenset(consumer.permissions)
+            )
+            checked = _Checked(_Standing.ACTIVE, principal, at)
         if client_id not in self._standings and len(self._standings) >= _MAX_STANDINGS:
             self._standings.clear()
         self._standings[client_id] = checked

@@ -17,7 +17,7 @@ from oauthlib.oauth2.rfc6749 import errors as oauth_errors
 
 from orchestra_server.identity.access_tokens import AccessTokenIssuer
 from orchestra_server.identity.client_secrets import DEFAULT_PARAMS, ScryptParams, SecretChecks
-from orchestra_server.identity.consumers import ACCESS_PERMISSION, ConsumerCredentials, ConsumerDirectory
+from orchestra_server.identity.consumers import API_PERMISSIONS, ConsumerCredentials, ConsumerDirectory
 
 MAX_BODY_BYTES = 4096
 MAX_AUTHORIZATION_LENGTH = 4096
@@ -85,7 +85,8 @@ class _Validator(RequestValidator):  # type: ignore[misc]
         refused = (
             consumer.client_id != client_id
             or consumer.revoked
-            or ACCESS_PERMISSION not in consumer.permissions
+            # Any API permission earns a token; each route then checks its own.
+            or API_PERMISSIONS.isdisjoint(consumer.permissions)
         )
         # The secret is checked whatever else refuses the client, so that every refusal
         # costs one hash; only a check that would grant a token may be answered from memory.
@@ -175,8 +176,9 @@ class TokenEndpoint:
     - A missing or empty `client_id` or `client_secret` (no Basic header) is
       `invalid_client`: RFC 6749 section 5.2 names "no client authentication
       included" as that error, and the contract documents 401 for it.
-    - Orchestra grants no OAuth scopes (authorization is the consumer role's
-      `access orchestra api` permission), so any non-empty `scope` is
+    - Orchestra grants no OAuth scopes (authorization is the consumer roles'
+      permissions: any of identity.consumers.API_PERMISSIONS earns a token, and
+      each route checks its own), so any non-empty `scope` is
       `invalid_scope`, answered only after the client authenticated.
     - Any parameter given twice is `invalid_request` (RFC 6749 section 3.2).
     - An `Authorization` header that is not well-formed Basic (another scheme,

@@ -56,6 +56,14 @@ def load_definition_file(path: Path) -> LoadedDefinition:
     return LoadedDefinition(source, definition, canonical_content(definition), content_hash(definition))
 
 
+def load_definition_text(text: str, *, source: str) -> LoadedDefinition:
+    """Reads and validates one YAML or JSON definition sent as text; DefinitionInvalid names `source`."""
+    if len(text.encode("utf-8", errors="surrogatepass")) > MAX_DOCUMENT_BYTES:
+        raise DefinitionInvalid([f"{source}: larger than {MAX_DOCUMENT_BYTES} bytes"])
+    definition = load(text, source=source)
+    return LoadedDefinition(source, definition, canonical_content(definition), content_hash(definition))
+
+
 def load_definition_files(paths: Sequence[Path]) -> list[LoadedDefinition]:
     """Validates every file, collecting every problem of every file before failing."""
     loaded: list[LoadedDefinition] = []
@@ -85,7 +93,12 @@ class DefinitionService:
 
     def deploy(self, paths: Sequence[Path], *, tenant: str | None = None) -> list[DeployResult]:
         """Deploys all the files in one transaction: all of them or, on any problem, none."""
-        loaded = load_definition_files(paths)
+        return self.deploy_loaded(load_definition_files(paths), tenant=tenant)
+
+    def deploy_loaded(
+        self, loaded: Sequence[LoadedDefinition], *, tenant: str | None, actor: str = "operator"
+    ) -> list[DeployResult]:
+        """Deploys validated definitions in one transaction, for `tenant` or shared (None)."""
         tenant_key = tenant if tenant is not None else SHARED_TENANT_KEY
         results: list[DeployResult] = []
         with self._db.writing() as conn:
@@ -114,7 +127,7 @@ class DefinitionService:
                     conn,
                     at=now,
                     tenant_id=tenant_key,
-                    actor="operator",
+                    actor=actor,
                     action="definition.deploy",
                     instance_id=None,
                     detail={"definition_id": item.definition.id, "version": version, "source": item.source},

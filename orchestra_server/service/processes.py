@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Lock
@@ -16,12 +16,13 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from orchestra_server.engine import engine
-from orchestra_server.engine.model import Definition, InstanceStatus, Json, Token
+from orchestra_server.engine.model import Definition, InstanceStatus, Json, Token, TokenStatus
 from orchestra_server.errors import (
     IdempotencyConflict,
     InstanceNotFound,
     InstanceNotWritable,
     InvalidArgument,
+    TokenNotInIncident,
     TokenNotParked,
     UnknownDefinition,
 )
@@ -44,6 +45,8 @@ class Caller:
 
     tenant_id: str
     actor: str
+    # What the caller's roles grant (identity.consumers); the transport checks each route's own.
+    permissions: frozenset[str] = frozenset()
 
 
 # Audit rows stay small whatever a step did: token lists are cut to this many entries (the
@@ -218,7 +221,7 @@ class ProcessService:
                 actor=caller.actor,
                 action="instance.start",
                 instance_id=instance_id,
-                detail={"definition_id": definition_id, "definition_pk": pk, **_step_detail(step)},
+                detail={"definition_id": definition_id, "definition_pk": pk, **step_detail(step)},
             )
             return instance_id
 
@@ -259,7 +262,7 @@ class ProcessService:
             raise InvalidArgument(f"page_size must be between 1 and {limits.MAX_PAGE_SIZE}")
         size = page_size or limits.DEFAULT_PAGE_SIZE
         filters = [definition_id or "", status or ""]
-        before = _decode_page_token(page_token, filters, self._page_token_key) if page_token else None
+        before = decode_page_token(page_token, filters, self._page_token_key) if page_token else None
         if (definition_id and not limits.MACHINE_NAME.fullmatch(definition_id)) or (
             status and status not in INSTANCE_STATUSES
         ):
@@ -276,7 +279,7 @@ class ProcessService:
             )
         more = len(rows) > size
         rows = rows[:size]
-        token = _encode_page_token(rows[-1][0], filters, self._page_token_key) if more else ""
+        token = encode_page_token(rows[-1][0], filters, self._page_token_key) if more else ""
         return InstancePage(tuple(InstanceSummary(r[1], r[2], r[3]) for r in rows), token)
 
     def get_variables(self, caller: Caller, instance_id: str) -> dict[str, Json]:
@@ -314,8 +317,15 @@ class ProcessService:
                 detail={"name": name, "bytes": len(text)},
             )
 
-    def signal_token(self, caller: Caller, token_id: str) -> None:
-        self._advance(caller, token_id, action="token.signal", fire=False)
+    def signal_token(
+        self, caller: Caller, token_id: str, variables: Mapping[str, Json] | None = None
+    ) -> None:
+        """Releases a parked token; `variables` are set first, in the same transaction, all or none."""
+        encoded = limits.encode_variables(dict(variables)) if variables else None
+        if not limits.is_plausible_id(token_id):
+            raise TokenNotParked()
+        with self._db.writing() as conn:
+            self._advance_in(conn, caller, token_id, action="token.signal", fire=False, variables=encoded)
 
     def fire_due_token(self, tenant_id: str, token_id: str) -> bool:
         """Fires a due timer or timeout as the scheduler; False when it is no longer due or parked."""
@@ -352,22 +362,38 @@ class ProcessService:
             self._advance_in(conn, caller, token_id, action=action, fire=fire)
 
     def _advance_in(
-        self, conn: Connection, caller: Caller, token_id: str, *, action: str, fire: bool
-    ) -> None:
+        self,
+        conn: Connection,
+        caller: Caller,
+        token_id: str,
+        *,
+        action: str,
+        fire: bool,
+        variables: dict[str, str] | None = None,
+        resolve: engine.Advance | None = None,
+    ) -> InstanceStatus:
+        """One advance under the instance lock; with `resolve`, of an incident token by that engine call."""
+        missing: type[Exception] = TokenNotParked if resolve is None else TokenNotInIncident
         # The instance row lock serialises every advance of one instance: a racing
         # signal of the same token finds it consumed once it gets the lock.
         header = repo.lock_instance_of_token(conn, caller.tenant_id, token_id)
         if header is None:
-            raise TokenNotParked()
+            raise missing()
         seq = header.seq
         if header.status is not InstanceStatus.RUNNING:
-            raise TokenNotParked()
+            raise missing()
         tokens = repo.live_tokens(conn, seq)
-        variables = repo.StoredVariables(conn, seq)
+        if resolve is not None and not any(
+            t.id == token_id and t.status is TokenStatus.INCIDENT for t in tokens
+        ):
+            raise TokenNotInIncident()
+        if variables:
+            write_variables(conn, seq, variables)
+        stored = repo.StoredVariables(conn, seq)
         definition = self._definitions.get(conn, header.definition_pk)
         now = self._clock()
-        advance = engine.fire_due if fire else engine.signal
-        step = advance(definition, tokens, variables, token_id, now=now, new_id=self._new_id)
+        advance = resolve or (engine.fire_due if fire else engine.signal)
+        step = advance(definition, tokens, stored, token_id, now=now, new_id=self._new_id)
         if repo.delete_tokens(conn, seq, step.consumed) != len(step.consumed):
             # Cannot happen under the lock; refuse rather than half-apply.
             raise TokenNotParked()
@@ -383,11 +409,42 @@ class ProcessService:
             actor=caller.actor,
             action=action,
             instance_id=header.id,
-            detail={"token_id": token_id, **_step_detail(step)},
+            detail={"token_id": token_id, **variable_names(variables), **step_detail(step)},
+        )
+        return step.status
+
+    def resolve_in(
+        self,
+        conn: Connection,
+        caller: Caller,
+        token_id: str,
+        *,
+        action: str,
+        resolve: engine.Advance,
+        variables: dict[str, str] | None,
+    ) -> InstanceStatus:
+        """Resolves an incident token in the caller's transaction: TokenNotInIncident when it is not one."""
+        return self._advance_in(
+            conn, caller, token_id, action=action, fire=False, variables=variables, resolve=resolve
         )
 
 
-def _step_detail(step: engine.Step) -> dict[str, Json]:
+def write_variables(conn: Connection, instance_seq: int, encoded: dict[str, str]) -> None:
+    """Sets checked variables of a running instance within its published total, or LimitExceeded."""
+    sizes = repo.variable_sizes(conn, instance_seq)
+    for name, text in encoded.items():
+        sizes[name] = len(name) + len(text.encode())
+    limits.check_instance_variables(len(sizes), sum(sizes.values()))
+    for name, text in encoded.items():
+        repo.upsert_variable(conn, instance_seq, name, text)
+
+
+def variable_names(encoded: Mapping[str, str] | None) -> dict[str, Json]:
+    """The audit detail naming the variables a step set (their values stay out of the trail)."""
+    return {"variables": sorted(encoded)} if encoded else {}
+
+
+def step_detail(step: engine.Step) -> dict[str, Json]:
     """What a step did, for the audit trail, within AUDIT_DETAIL_LIMIT however large the step."""
     incidents: dict[str, int] = {}
     for token in step.created:
@@ -422,14 +479,16 @@ def _token_detail(token: Token) -> dict[str, Json]:
     return detail
 
 
-# A page token is the listing position (the sequence number of the last row
-# shown) and a MAC over it and the listing's filters: opaque to clients, and
-# anything the server did not issue for this listing is refused.
+# A page token is the listing position (for most listings the sequence number
+# of the last row shown) and a MAC over it and the listing's filters: opaque to
+# clients, and anything the server did not issue for this listing is refused.
 _PAGE_TOKEN_CONTEXT = b"orchestra page token v1\x00"
 _POSITION_BYTES = 8
 _PAGE_TOKEN_MAC_BYTES = 16
 # The sequence column is a signed 64-bit integer.
 _MAX_POSITION = 2**63 - 1
+# No position is longer: a token past this is refused before its MAC is computed.
+_MAX_POSITION_BYTES = 256
 
 
 def _page_token_mac(position: bytes, filters: list[str], key: bytes) -> bytes:
@@ -438,25 +497,36 @@ def _page_token_mac(position: bytes, filters: list[str], key: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()[:_PAGE_TOKEN_MAC_BYTES]
 
 
-def _encode_page_token(seq: int, filters: list[str], key: bytes) -> str:
-    position = seq.to_bytes(_POSITION_BYTES, "big")
+def encode_page_position(position: bytes, filters: list[str], key: bytes) -> str:
+    """A page token for a listing position of any shape, bound to the listing's filters."""
     raw = position + _page_token_mac(position, filters, key)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_page_token(token: str, filters: list[str], key: bytes) -> int:
-    seq = 0
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except ValueError:
-        raw = b""
-    # Only the exact text issued: the decoder skips characters outside the
-    # alphabet, which would let many texts stand for one token.
-    canonical = base64.urlsafe_b64encode(raw).decode().rstrip("=") == token
-    if canonical and len(raw) == _POSITION_BYTES + _PAGE_TOKEN_MAC_BYTES:
-        position, mac = raw[:_POSITION_BYTES], raw[_POSITION_BYTES:]
-        if hmac.compare_digest(mac, _page_token_mac(position, filters, key)):
-            seq = int.from_bytes(position, "big")
+def decode_page_position(token: str, filters: list[str], key: bytes) -> bytes:
+    """The position a page token issued for these filters holds; InvalidArgument for anything else."""
+    if len(token) <= 4 * (_MAX_POSITION_BYTES + _PAGE_TOKEN_MAC_BYTES) // 3 + 4:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except ValueError:
+            raw = b""
+        # Only the exact text issued: the decoder skips characters outside the
+        # alphabet, which would let many texts stand for one token.
+        canonical = base64.urlsafe_b64encode(raw).decode().rstrip("=") == token
+        if canonical and _PAGE_TOKEN_MAC_BYTES < len(raw) <= _MAX_POSITION_BYTES + _PAGE_TOKEN_MAC_BYTES:
+            position, mac = raw[:-_PAGE_TOKEN_MAC_BYTES], raw[-_PAGE_TOKEN_MAC_BYTES:]
+            if hmac.compare_digest(mac, _page_token_mac(position, filters, key)):
+                return position
+    raise InvalidArgument("page_token was not issued for this listing")
+
+
+def encode_page_token(seq: int, filters: list[str], key: bytes) -> str:
+    return encode_page_position(seq.to_bytes(_POSITION_BYTES, "big"), filters, key)
+
+
+def decode_page_token(token: str, filters: list[str], key: bytes) -> int:
+    position = decode_page_position(token, filters, key)
+    seq = int.from_bytes(position, "big") if len(position) == _POSITION_BYTES else 0
     if not 0 < seq <= _MAX_POSITION:
         raise InvalidArgument("page_token was not issued for this listing")
     return seq

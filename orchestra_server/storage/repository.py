@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ SQL_INSTANCE_OF_TOKEN_LOCKED = Sql(_INSTANCE_BY_LIVE_ID + " FOR UPDATE OF i")
 # Threshold joins' markers are engine state, not tokens a reader is shown.
 SQL_INSTANCE_WITH_TOKENS = Sql(
     "SELECT i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status, d.version,"
-    " i.created_at, i.updated_at, t.id, t.node_id, t.status, t.incident_kind, t.message, t.since"
+    " i.created_at, i.updated_at, t.id, t.node_id, t.status, t.incident_kind, t.message, t.since,"
+    " t.due_at, i.ended_at"
     " FROM instances i JOIN definitions d ON d.pk = i.definition_pk"
     " LEFT JOIN tokens t ON t.instance_seq = i.seq AND t.status <> 'absorbing'"
     " WHERE i.id = :id AND i.tenant_id = :tenant ORDER BY t.ordinal"
@@ -76,11 +78,17 @@ SQL_INSERT_TOKEN = Sql(
     " VALUES (:id, :seq, :tenant, :node_id, :status, :ordinal, :arrived_by, :due_at, :message,"
     " :incident_kind, :retry, :since)"
 )
-SQL_SET_STATUS = Sql("UPDATE instances SET status = :status, updated_at = :now WHERE seq = :seq")
+SQL_SET_STATUS = Sql(
+    "UPDATE instances SET status = :status, updated_at = :now, ended_at = :ended_at WHERE seq = :seq"
+)
 SQL_TOUCH = Sql("UPDATE instances SET updated_at = :now WHERE seq = :seq")
 SQL_VARIABLES = Sql("SELECT name, value FROM variables WHERE instance_seq = :seq ORDER BY name")
-SQL_INSERT_VARIABLE = Sql("INSERT INTO variables (instance_seq, name, value) VALUES (:seq, :name, :value)")
-SQL_UPDATE_VARIABLE = Sql("UPDATE variables SET value = :value WHERE instance_seq = :seq AND name = :name")
+SQL_INSERT_VARIABLE = Sql(
+    "INSERT INTO variables (instance_seq, name, value, value_digest) VALUES (:seq, :name, :value, :digest)"
+)
+SQL_UPDATE_VARIABLE = Sql(
+    "UPDATE variables SET value = :value, value_digest = :digest WHERE instance_seq = :seq AND name = :name"
+)
 # Names are ASCII, so their length is their size; values are measured in UTF-8 bytes, for which
 # each database has its own spelling (SQLite before 3.43 has no octet_length).
 _OTHER_VARIABLES_SIZE = (
@@ -89,6 +97,9 @@ _OTHER_VARIABLES_SIZE = (
 )
 SQL_OTHER_VARIABLES_SIZE_SQLITE = Sql(_OTHER_VARIABLES_SIZE.format(value_bytes="LENGTH(CAST(value AS BLOB))"))
 SQL_OTHER_VARIABLES_SIZE_POSTGRES = Sql(_OTHER_VARIABLES_SIZE.format(value_bytes="OCTET_LENGTH(value)"))
+_VARIABLE_SIZES = "SELECT name, LENGTH(name) + {value_bytes} FROM variables WHERE instance_seq = :seq"
+SQL_VARIABLE_SIZES_SQLITE = Sql(_VARIABLE_SIZES.format(value_bytes="LENGTH(CAST(value AS BLOB))"))
+SQL_VARIABLE_SIZES_POSTGRES = Sql(_VARIABLE_SIZES.format(value_bytes="OCTET_LENGTH(value)"))
 SQL_AUDIT = Sql(
     "INSERT INTO audit (at, tenant_id, actor, action, instance_id, detail)"
     " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)"
@@ -126,6 +137,170 @@ SQL_LIST = {
 }
 
 
+# --- the operations API's reads ---------------------------------------------------------------
+
+SQL_DELETE_INSTANCE_TOKENS = Sql("DELETE FROM tokens WHERE instance_seq = :seq")
+SQL_VISIBLE_DEFINITIONS = Sql(
+    "SELECT pk, tenant_key, definition_id, version, deployed_at FROM definitions"
+    " WHERE tenant_key IN (:tenant, '') ORDER BY definition_id, tenant_key, version"
+)
+SQL_RUNNING_BY_DEFINITION_PK = Sql(
+    "SELECT definition_pk, COUNT(*) FROM instances WHERE tenant_id = :tenant AND status = 'running'"
+    " GROUP BY definition_pk"
+)
+SQL_INCIDENTS_BY_DEFINITION = Sql(
+    "SELECT i.definition_id, COUNT(*) FROM tokens t JOIN instances i ON i.seq = t.instance_seq"
+    " WHERE t.tenant_id = :tenant AND t.status = 'incident' GROUP BY i.definition_id"
+)
+SQL_TOKENS_BY_NODE = Sql(
+    "SELECT t.node_id, t.status, COUNT(*) FROM tokens t JOIN instances i ON i.seq = t.instance_seq"
+    " WHERE t.tenant_id = :tenant AND i.definition_pk = :pk AND t.status <> 'absorbing'"
+    " GROUP BY t.node_id, t.status"
+)
+_HISTORY = (
+    "SELECT seq, at, actor, action, detail FROM audit WHERE tenant_id = :tenant AND instance_id = :id{after}"
+    " ORDER BY seq LIMIT :limit"
+)
+SQL_HISTORY = Sql(_HISTORY.format(after=""))
+SQL_HISTORY_AFTER = Sql(_HISTORY.format(after=" AND seq > :after"))
+
+
+@lru_cache(maxsize=128)
+def _incidents_sql(by_definition: bool, by_node: bool, after: bool) -> Sql:
+    conditions = ["t.tenant_id = :tenant", "t.status = 'incident'"]
+    if by_node:
+        conditions.append("t.node_id = :node_id")
+    if by_definition:
+        conditions.append("i.definition_id = :definition_id")
+    if after:
+        conditions.append("(t.since, t.id) > (:since, :token)")
+    where = " AND ".join(conditions)
+    # Only the fixed conditions above are joined in; every value is a bound parameter.
+    return Sql(
+        "SELECT t.id, t.node_id, t.incident_kind, t.message, t.since, i.id, i.definition_id, d.version"  # noqa: S608
+        " FROM tokens t JOIN instances i ON i.seq = t.instance_seq"
+        " JOIN definitions d ON d.pk = i.definition_pk"
+        f" WHERE {where} ORDER BY t.since, t.id LIMIT :limit"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceQuery:
+    """SearchInstances' filters as storage applies them; None (or empty) filters nothing."""
+
+    definition_id: str | None = None
+    version: int | None = None
+    status: str | None = None
+    has_incident: bool | None = None
+    node_id: str | None = None
+    started_after: datetime | None = None
+    started_before: datetime | None = None
+    # (name, value_digest) pairs, all of which must hold.
+    variables: tuple[tuple[str, str], ...] = ()
+
+
+@lru_cache(maxsize=256)
+def _search_sql(
+    by_definition: bool,
+    by_version: bool,
+    by_status: bool,
+    has_incident: bool | None,
+    by_node: bool,
+    after: bool,
+    before: bool,
+    variables: int,
+    position: bool,
+    only: bool,
+) -> Sql:
+    conditions = ["i.tenant_id = :tenant"]
+    if by_definition:
+        conditions.append("i.definition_id = :definition_id")
+    if by_version:
+        conditions.append(
+            "i.definition_pk IN (SELECT pk FROM definitions WHERE definition_id = :definition_id"
+            " AND version = :version AND tenant_key IN (:tenant, ''))"
+        )
+    if by_status:
+        conditions.append("i.status = :status")
+    if has_incident is True:
+        conditions.append(
+            "i.seq IN (SELECT instance_seq FROM tokens WHERE tenant_id = :tenant AND status = 'incident')"
+        )
+    elif has_incident is False:
+        conditions.append(
+            "NOT EXISTS (SELECT 1 FROM tokens x WHERE x.instance_seq = i.seq AND x.status = 'incident')"
+        )
+    if by_node:
+        conditions.append(
+            "i.seq IN (SELECT instance_seq FROM tokens WHERE tenant_id = :tenant AND node_id = :node_id"
+            " AND status IN ('parked', 'waiting', 'incident'))"
+        )
+    if after:
+        conditions.append("i.created_at >= :started_after")
+    if before:
+        conditions.append("i.created_at < :started_before")
+    for n in range(variables):
+        conditions.append(
+            "i.seq IN (SELECT instance_seq FROM variables"  # noqa: S608 (generated names only)
+            f" WHERE name = :name{n} AND value_digest = :digest{n})"
+        )
+    if position:
+        conditions.append("i.seq < :before_seq")
+    if only:
+        conditions.append("i.seq = :only")
+    where = " AND ".join(conditions)
+    # Only the fixed conditions above are joined in; every value is a bound parameter.
+    return Sql(
+        "SELECT i.seq, i.id, i.definition_id, d.version, i.status, i.created_at, i.updated_at, i.ended_at,"  # noqa: S608
+        " (SELECT COUNT(*) FROM tokens c WHERE c.instance_seq = i.seq AND c.status = 'incident')"
+        f" FROM instances i JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
+        " ORDER BY i.seq DESC LIMIT :limit"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceOverview:
+    seq: int
+    id: str
+    definition_id: str
+    definition_version: int
+    status: str
+    started_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    open_incidents: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRow:
+    token_id: str
+    node_id: str
+    kind: str
+    reason: str
+    since: datetime
+    instance_id: str
+    definition_id: str
+    definition_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class VisibleDefinition:
+    pk: int
+    tenant_key: str
+    definition_id: str
+    version: int
+    deployed_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class StoredDefinition:
     pk: int
@@ -148,6 +323,7 @@ class TokenState:
     incident_kind: str | None
     incident_reason: str | None
     since: datetime | None
+    due_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +335,7 @@ class InstanceState:
     started_at: datetime
     updated_at: datetime
     tokens: list[TokenState]
+    ended_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,9 +507,11 @@ def instance_with_tokens(conn: Connection, tenant_id: str, instance_id: str) -> 
     assert started_at is not None
     assert updated_at is not None
     tokens = [
-        TokenState(r[9], r[10], r[11], r[12], r[13], read_time(r[14])) for r in rows if r[9] is not None
+        TokenState(r[9], r[10], r[11], r[12], r[13], read_time(r[14]), read_time(r[15]))
+        for r in rows
+        if r[9] is not None
     ]
-    return InstanceState(_header(first), int(first[6]), started_at, updated_at, tokens)
+    return InstanceState(_header(first), int(first[6]), started_at, updated_at, tokens, read_time(first[16]))
 
 
 def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
@@ -392,7 +571,17 @@ def delete_tokens(conn: Connection, instance_seq: int, token_ids: Sequence[str])
 
 
 def set_instance_status(conn: Connection, seq: int, status: InstanceStatus, now: datetime) -> None:
-    execute(conn, SQL_SET_STATUS, {"status": status.value, "now": bind_time(conn, now), "seq": seq}).close()
+    """Sets the status; an instance that leaves `running` ends at `now`."""
+    at = bind_time(conn, now)
+    ended_at = None if status is InstanceStatus.RUNNING else at
+    execute(
+        conn, SQL_SET_STATUS, {"status": status.value, "now": at, "ended_at": ended_at, "seq": seq}
+    ).close()
+
+
+def delete_instance_tokens(conn: Connection, instance_seq: int) -> None:
+    """Removes every live token of an instance, threshold-join markers included."""
+    execute(conn, SQL_DELETE_INSTANCE_TOKENS, {"seq": instance_seq}).close()
 
 
 def touch_instance(conn: Connection, seq: int, now: datetime) -> None:
@@ -496,10 +685,46 @@ def variables_of(conn: Connection, instance_seq: int) -> dict[str, Json]:
     return {name: json.loads(value) for name, value in rows}
 
 
+def value_digest(text: str) -> str:
+    """SHA-256 (hex) of a stored value's comparison form, which a search by value looks up.
+
+    Two values compare equal when they are the same JSON value: numbers by their value (`1`
+    and `1.0` match; a JSON number cannot tell them apart), objects whatever their key order,
+    arrays in order, `true` never equal to `1`.
+    """
+    comparable = json.dumps(
+        _comparison_form(json.loads(text)),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(comparable.encode()).hexdigest()
+
+
+def _comparison_form(value: Json) -> Json:
+    if isinstance(value, float) and value.is_integer():
+        # Integral values stored are within +/-2^53 (the published limit), so int() is exact.
+        return int(value)
+    if isinstance(value, list):
+        return [_comparison_form(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _comparison_form(item) for key, item in value.items()}
+    return value
+
+
 def insert_variables(conn: Connection, instance_seq: int, values: dict[str, str]) -> None:
     if values:
-        rows = [{"seq": instance_seq, "name": k, "value": v} for k, v in values.items()]
+        rows = [
+            {"seq": instance_seq, "name": k, "value": v, "digest": value_digest(v)} for k, v in values.items()
+        ]
         execute_many(conn, SQL_INSERT_VARIABLE, rows)
+
+
+def variable_sizes(conn: Connection, instance_seq: int) -> dict[str, int]:
+    """Each variable's name and value together in bytes, by name."""
+    statement = SQL_VARIABLE_SIZES_SQLITE if is_sqlite(conn) else SQL_VARIABLE_SIZES_POSTGRES
+    return {str(name): int(size) for name, size in execute(conn, statement, {"seq": instance_seq}).fetchall()}
 
 
 def other_variables_size(conn: Connection, instance_seq: int, name: str) -> tuple[int, int]:
@@ -510,7 +735,7 @@ def other_variables_size(conn: Connection, instance_seq: int, name: str) -> tupl
 
 
 def upsert_variable(conn: Connection, instance_seq: int, name: str, value: str) -> None:
-    parameters = {"seq": instance_seq, "name": name, "value": value}
+    parameters = {"seq": instance_seq, "name": name, "value": value, "digest": value_digest(value)}
     cursor = execute(conn, SQL_UPDATE_VARIABLE, parameters)
     updated = cursor.rowcount
     cursor.close()
@@ -595,3 +820,141 @@ def count_parked_tokens(conn: Connection) -> int:
 def count_instances_by_status(conn: Connection) -> dict[str, int]:
     rows = conn.execute(select(instances_t.c.status, func.count()).group_by(instances_t.c.status))
     return {row[0]: int(row[1]) for row in rows}
+
+
+# --- the operations API --------------------------------------------------------------------
+
+
+def search_instances(
+    conn: Connection,
+    tenant_id: str,
+    query: InstanceQuery,
+    *,
+    before_seq: int | None,
+    limit: int,
+    only_seq: int | None = None,
+) -> list[InstanceOverview]:
+    """The tenant's instances matching every filter, newest first."""
+    statement = _search_sql(
+        query.definition_id is not None,
+        query.version is not None,
+        query.status is not None,
+        query.has_incident,
+        query.node_id is not None,
+        query.started_after is not None,
+        query.started_before is not None,
+        len(query.variables),
+        before_seq is not None,
+        only_seq is not None,
+    )
+    parameters: dict[str, Any] = {
+        "tenant": tenant_id,
+        "limit": limit,
+        "definition_id": query.definition_id,
+        "version": query.version,
+        "status": query.status,
+        "node_id": query.node_id,
+        "started_after": bind_time(conn, query.started_after),
+        "started_before": bind_time(conn, query.started_before),
+        "before_seq": before_seq,
+        "only": only_seq,
+    }
+    for n, (name, digest) in enumerate(query.variables):
+        parameters[f"name{n}"] = name
+        parameters[f"digest{n}"] = digest
+    rows = execute(conn, statement, _used(statement, parameters)).fetchall()
+    return [
+        InstanceOverview(
+            seq=int(r[0]),
+            id=r[1],
+            definition_id=r[2],
+            definition_version=int(r[3]),
+            status=r[4],
+            started_at=_time(r[5]),
+            updated_at=_time(r[6]),
+            ended_at=read_time(r[7]),
+            open_incidents=int(r[8]),
+        )
+        for r in rows
+    ]
+
+
+def _used(statement: Sql, parameters: dict[str, Any]) -> dict[str, Any]:
+    # The drivers want exactly the statement's parameters (psycopg ignores extras, SQLite does not).
+    return {name: value for name, value in parameters.items() if f":{name}" in statement.sqlite}
+
+
+def _time(value: Any) -> datetime:
+    at = read_time(value)
+    assert at is not None
+    return at
+
+
+def list_incidents(
+    conn: Connection,
+    tenant_id: str,
+    *,
+    definition_id: str | None,
+    node_id: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[IncidentRow]:
+    """The tenant's incident tokens, oldest first (by since, then token id)."""
+    statement = _incidents_sql(definition_id is not None, node_id is not None, after is not None)
+    parameters: dict[str, Any] = {"tenant": tenant_id, "limit": limit}
+    if definition_id is not None:
+        parameters["definition_id"] = definition_id
+    if node_id is not None:
+        parameters["node_id"] = node_id
+    if after is not None:
+        parameters["since"] = bind_time(conn, after[0])
+        parameters["token"] = after[1]
+    rows = execute(conn, statement, parameters).fetchall()
+    return [
+        IncidentRow(
+            token_id=r[0],
+            node_id=r[1],
+            kind=r[2] or IncidentKind.UNCLASSIFIED.value,
+            reason=r[3] or "",
+            since=_time(r[4]),
+            instance_id=r[5],
+            definition_id=r[6],
+            definition_version=int(r[7]),
+        )
+        for r in rows
+    ]
+
+
+def instance_history(
+    conn: Connection, tenant_id: str, instance_id: str, *, after_seq: int | None, limit: int
+) -> list[AuditEntry]:
+    """The instance's audit rows, oldest first."""
+    parameters: dict[str, Any] = {"tenant": tenant_id, "id": instance_id, "limit": limit}
+    statement = SQL_HISTORY
+    if after_seq is not None:
+        statement = SQL_HISTORY_AFTER
+        parameters["after"] = after_seq
+    rows = execute(conn, statement, parameters).fetchall()
+    return [AuditEntry(int(r[0]), _time(r[1]), r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+def visible_definitions(conn: Connection, tenant_id: str) -> list[VisibleDefinition]:
+    """Every version of every definition the tenant can see, its own and shared ones."""
+    rows = execute(conn, SQL_VISIBLE_DEFINITIONS, {"tenant": tenant_id}).fetchall()
+    return [VisibleDefinition(int(r[0]), r[1], r[2], int(r[3]), _time(r[4])) for r in rows]
+
+
+def running_by_definition_pk(conn: Connection, tenant_id: str) -> dict[int, int]:
+    rows = execute(conn, SQL_RUNNING_BY_DEFINITION_PK, {"tenant": tenant_id}).fetchall()
+    return {int(pk): int(count) for pk, count in rows}
+
+
+def incidents_by_definition(conn: Connection, tenant_id: str) -> dict[str, int]:
+    rows = execute(conn, SQL_INCIDENTS_BY_DEFINITION, {"tenant": tenant_id}).fetchall()
+    return {str(definition_id): int(count) for definition_id, count in rows}
+
+
+def tokens_by_node(conn: Connection, tenant_id: str, definition_pk: int) -> dict[tuple[str, str], int]:
+    """The tenant's live tokens in instances of one definition version, by (node, status)."""
+    rows = execute(conn, SQL_TOKENS_BY_NODE, {"tenant": tenant_id, "pk": definition_pk}).fetchall()
+    return {(str(node), str(status)): int(count) for node, status, count in rows}

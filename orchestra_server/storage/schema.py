@@ -131,6 +131,8 @@ class InstanceRow(Base):
         Index("ix_instances_tenant_definition_seq", "tenant_id", "definition_id", "seq"),
         Index("ix_instances_tenant_status_seq", "tenant_id", "status", "seq"),
         Index("ix_instances_tenant_definition_status_seq", "tenant_id", "definition_id", "status", "seq"),
+        # SearchInstances by start time.
+        Index("ix_instances_tenant_created_at", "tenant_id", "created_at"),
     )
     # Creation order across every process: the stable newest-first order and the page cursor.
     seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
@@ -141,6 +143,8 @@ class InstanceRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # When the instance completed or was cancelled; NULL while it runs.
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class TokenRow(Base):
@@ -150,6 +154,10 @@ class TokenRow(Base):
     __table_args__ = (
         Index("ix_tokens_instance_seq", "instance_seq"),
         Index("ix_tokens_due_at", "due_at"),
+        # A tenant's incidents, oldest first (and the instances that have one).
+        Index("ix_tokens_tenant_status_since", "tenant_id", "status", "since", "id"),
+        # A tenant's live tokens at one node.
+        Index("ix_tokens_tenant_node_status", "tenant_id", "node_id", "status"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     instance_seq: Mapped[int] = mapped_column(ForeignKey("instances.seq", ondelete="CASCADE"))
@@ -171,19 +179,27 @@ class TokenRow(Base):
 
 class VariableRow(Base):
     __tablename__ = "variables"
+    __table_args__ = (Index("ix_variables_name_value_digest", "name", "value_digest"),)
     instance_seq: Mapped[int] = mapped_column(
         ForeignKey("instances.seq", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     # Canonical JSON text, so every JSON value (null included) round-trips exactly.
     value: Mapped[str] = mapped_column(Text)
+    # SHA-256 of the value's comparison form (repository.value_digest): what a search by value
+    # looks up, since values of up to 1 MiB cannot be indexed themselves.
+    value_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditRow(Base):
     """Who changed what, when: one row per state change."""
 
     __tablename__ = "audit"
-    __table_args__ = (Index("ix_audit_tenant_seq", "tenant_id", "seq"),)
+    __table_args__ = (
+        Index("ix_audit_tenant_seq", "tenant_id", "seq"),
+        # One instance's history, oldest first.
+        Index("ix_audit_tenant_instance_seq", "tenant_id", "instance_id", "seq"),
+    )
     seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     tenant_id: Mapped[str] = mapped_column(String(64))

@@ -10,12 +10,40 @@ from typing import Any, Protocol
 import grpc
 
 from orchestra_server import errors
+from orchestra_server.identity.consumers import ACCESS_PERMISSION, DEPLOY_PERMISSION, OPERATE_PERMISSION
 from orchestra_server.service.processes import Caller
 from orchestra_server.transport.errors import abort
 from orchestra_server.transport.interception import MethodWrapper
 
-# Every service but AuthService (which issues the tokens) needs a valid access token.
-AUTHENTICATED_PREFIXES = ("/orchestra.v1.OrchestraService/", "/orchestra.v1.DiagnosticsService/")
+# What each method needs: a valid access token whose consumer holds this permission, or,
+# for None, nothing (AuthService issues the tokens). A method of an Orchestra service missing
+# here is refused, so a new RPC is closed until it is given its row.
+PUBLIC = None
+METHOD_PERMISSIONS: dict[str, str | None] = {
+    "/orchestra.v1.OrchestraService/StartProcess": ACCESS_PERMISSION,
+    "/orchestra.v1.OrchestraService/ListInstances": ACCESS_PERMISSION,
+    "/orchestra.v1.OrchestraService/GetInstance": ACCESS_PERMISSION,
+    "/orchestra.v1.OrchestraService/SignalToken": ACCESS_PERMISSION,
+    "/orchestra.v1.OrchestraService/GetVariables": ACCESS_PERMISSION,
+    "/orchestra.v1.OrchestraService/SetVariable": ACCESS_PERMISSION,
+    "/orchestra.v1.DiagnosticsService/Ping": ACCESS_PERMISSION,
+    "/orchestra.v1.AuthService/IssueToken": PUBLIC,
+    "/orchestra.v1.AuthService/GetJwks": PUBLIC,
+    "/orchestra.v1.OperationsService/DeployDefinition": DEPLOY_PERMISSION,
+    "/orchestra.v1.OperationsService/ListDefinitions": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/GetDefinition": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/SearchInstances": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/GetInstanceDetail": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/GetInstanceHistory": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/CancelInstance": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/ListIncidents": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/ResolveIncident": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/CancelInstances": OPERATE_PERMISSION,
+    "/orchestra.v1.OperationsService/RetryIncidents": OPERATE_PERMISSION,
+}
+# Methods of these packages are Orchestra's own; any other (health, reflection) is open.
+ORCHESTRA_PREFIX = "/orchestra.v1."
+_UNLISTED = "\x00unlisted"
 # Forwarded by the edge from the verified token; a direct caller may send it too, but it
 # must then agree with the token: it never chooses the tenant on its own.
 TENANT_METADATA = "x-orchestra-tenant"
@@ -52,17 +80,19 @@ class GuardInterceptor(MethodWrapper):
         if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        needs_token = method.startswith(AUTHENTICATED_PREFIXES)
+        needed = required_permission(method)
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                if not needs_token:
+                if needed is None:
                     return inner(request, context)
                 caller = self._authenticate(
                     metadata_value(context, "authorization"),
                     metadata_value(context, TENANT_METADATA),
                     self._clock(),
                 )
+                if needed not in caller.permissions:
+                    raise errors.PermissionDenied(_refusal(needed))
                 token = _caller.set(caller)
                 try:
                     return inner(request, context)
@@ -78,6 +108,19 @@ class GuardInterceptor(MethodWrapper):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def required_permission(method: str) -> str | None:
+    """The permission `method` needs (None: none, not even a token)."""
+    if method in METHOD_PERMISSIONS:
+        return METHOD_PERMISSIONS[method]
+    return _UNLISTED if method.startswith(ORCHESTRA_PREFIX) else PUBLIC
+
+
+def _refusal(permission: str) -> str:
+    if permission == _UNLISTED:
+        return "the method is not open to callers"
+    return f"the consumer lacks the '{permission}' permission"
 
 
 def _is_abort(exc: Exception) -> bool:

@@ -14,17 +14,25 @@ from datetime import datetime
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from orchestra.v1 import auth_service_pb2, diagnostics_service_pb2, orchestra_service_pb2
+from orchestra.v1 import (
+    auth_service_pb2,
+    diagnostics_service_pb2,
+    operations_service_pb2,
+    orchestra_service_pb2,
+)
 from orchestra.v1 import auth_service_pb2_grpc as auth_grpc
 from orchestra.v1 import diagnostics_service_pb2_grpc as diag_grpc
+from orchestra.v1 import operations_service_pb2_grpc as ops_grpc
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.interceptor import ObservabilityInterceptor, recording_caller
 from orchestra_server.observability.metrics import Metrics
+from orchestra_server.service.operations import OperationsService
 from orchestra_server.service.processes import ProcessService
 from orchestra_server.transport.decoding import RequestDecodingInterceptor
 from orchestra_server.transport.guard import Authenticates, GuardInterceptor
+from orchestra_server.transport.operations import OperationsServicer
 from orchestra_server.transport.reflection import enable_reflection
 from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
 from orchestra_server.wire.message_sizes import MAX_REQUEST_MESSAGE_BYTES, MAX_RESPONSE_MESSAGE_BYTES
@@ -33,6 +41,7 @@ SERVICE_NAMES = (
     orchestra_service_pb2.DESCRIPTOR.services_by_name["OrchestraService"].full_name,
     auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     diagnostics_service_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
+    operations_service_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name,
 )
 _log = logging.getLogger("orchestra.server")
 
@@ -42,6 +51,7 @@ class ServerDependencies:
     """What the server calls: the use cases and the few functions around them (bootstrap builds it)."""
 
     processes: ProcessService
+    operations: OperationsService
     token_endpoint: TokenEndpoint
     # The published JSON Web Key Set at a moment, as the JWKS endpoint answers it.
     key_set: Callable[[datetime], bytes]
@@ -91,6 +101,7 @@ def create_server(
         AuthServicer(deps.token_endpoint, deps.key_set, deps.clock), server
     )
     diag_grpc.add_DiagnosticsServiceServicer_to_server(DiagnosticsServicer(), server)
+    ops_grpc.add_OperationsServiceServicer_to_server(OperationsServicer(deps.operations), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

@@ -79,7 +79,12 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
     def SignalToken(
         self, request: pb.SignalTokenRequest, context: grpc.ServicerContext
     ) -> pb.SignalTokenResponse:
-        self._processes.signal_token(current_caller(), request.token_id)
+        self._processes.signal_token(
+            # No variables is the signal as it always was.
+            current_caller(),
+            request.token_id,
+            values.map_to_python(request.variables) or None,
+        )
         return pb.SignalTokenResponse(status="signalled")
 
     def GetVariables(

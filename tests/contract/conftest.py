@@ -247,3 +247,32 @@ def acme(consumer_for: Callable[[str], Consumer]) -> Consumer:
 @pytest.fixture(scope="session")
 def globex(consumer_for: Callable[[str], Consumer]) -> Consumer:
     return consumer_for(TENANT_B)
+
+
+# The operator role of the operations API: reads, interventions and deploys, not the consumer API.
+OPERATOR_ROLE = "operator"
+OPERATOR_PERMISSIONS = ("operate orchestra", "deploy orchestra definitions")
+
+
+@pytest.fixture(scope="session")
+def operator_for(cli: Cli, http: httpx.Client, deployed: None) -> Callable[[str], Consumer]:
+    """Creates a consumer whose only role is `operator` and fetches its token."""
+    permissions = [arg for name in OPERATOR_PERMISSIONS for arg in ("--permission", name)]
+    cli("role", "create", OPERATOR_ROLE, *permissions)
+
+    def create(tenant: str) -> Consumer:
+        created = json.loads(cli("consumer", "create", "--tenant", tenant, "--role", OPERATOR_ROLE, "--json"))
+        token = fetch_token(http, created["client_id"], created["client_secret"])
+        return Consumer(created["client_id"], created["client_secret"], tenant, token)
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def acme_operator(operator_for: Callable[[str], Consumer]) -> Consumer:
+    return operator_for(TENANT_A)
+
+
+@pytest.fixture(scope="session")
+def globex_operator(operator_for: Callable[[str], Consumer]) -> Consumer:
+    return operator_for(TENANT_B)

@@ -1,12 +1,15 @@
 """Tenant isolation as a property: random operations of two tenants never reveal or change the other's data.
 
 A foreign id must answer exactly as an id that never existed: same error type,
-same message, same empty result.
+same message, same empty result. That holds for the consumer operations and for
+the operations API (detail, history, cancel, resolve, definitions, listings and
+batches), with incidents and cancelled instances among the random states.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from orchestra_server import errors
 from orchestra_server.bootstrap import utc_now
 from orchestra_server.service.definitions import DefinitionService
 from orchestra_server.service.directory import DirectoryService
+from orchestra_server.service.operations import RESOLVE_ACTIONS, InstanceFilter, OperationsService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.storage.database import open_database
 from orchestra_server.storage.migrate import upgrade
@@ -26,6 +30,15 @@ from tests.conftest import EXAMPLES, PAGE_TOKEN_KEY
 
 TENANTS = ("default", "rival")
 NEVER = "11111111-2222-3333-4444-555555555555"
+# Shared, so both tenants start it: a signal without `approved` leaves an incident.
+FRAGILE = {
+    "id": "fragile",
+    "nodes": {"s": {"type": "start"}, "task": {"type": "wait"}, "e": {"type": "end"}},
+    "flows": [{"from": "s", "to": "task"}, {"from": "task", "to": "e", "when": "approved"}],
+}
+# Deployed for the rival tenant only.
+PRIVATE = {**FRAGILE, "id": "rival_only"}
+DEFINITIONS = ("three_step", "parallel_review", "fragile")
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -48,15 +61,26 @@ class TwoTenants(RuleBasedStateMachine):
         self.db = open_database(f"sqlite:///{Path(self.tmp.name) / 'o.db'}")
         upgrade(self.db)
         DirectoryService(self.db, clock=utc_now).create_tenant("rival")
-        DefinitionService(self.db, clock=utc_now).deploy(
-            [EXAMPLES / "three_step.yaml", EXAMPLES / "parallel_review.yaml"]
-        )
+        definitions = DefinitionService(self.db, clock=utc_now)
+        fragile = Path(self.tmp.name) / "fragile.json"
+        fragile.write_text(json.dumps(FRAGILE))
+        definitions.deploy([EXAMPLES / "three_step.yaml", EXAMPLES / "parallel_review.yaml", fragile])
+        private = Path(self.tmp.name) / "rival_only.json"
+        private.write_text(json.dumps(PRIVATE))
+        definitions.deploy([private], tenant="rival")
         counter = itertools.count()
-        self.processes = ProcessService(
+
+        def new_id() -> str:
+            return f"00000000-0000-4000-8000-{next(counter):012d}"
+
+        self.processes = ProcessService(self.db, clock=utc_now, new_id=new_id, page_token_key=PAGE_TOKEN_KEY)
+        self.operations = OperationsService(
             self.db,
             clock=utc_now,
-            new_id=lambda: f"00000000-0000-4000-8000-{next(counter):012d}",
+            new_id=new_id,
             page_token_key=PAGE_TOKEN_KEY,
+            processes=self.processes,
+            definitions=definitions,
         )
         self.owned: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in TENANTS}
 
@@ -73,7 +97,7 @@ class TwoTenants(RuleBasedStateMachine):
 
     @rule(
         tenant=st.sampled_from(TENANTS),
-        definition=st.sampled_from(["three_step", "parallel_review"]),
+        definition=st.sampled_from(DEFINITIONS),
         variables=st.dictionaries(
             st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), json_values, max_size=3
         ),
@@ -112,8 +136,56 @@ class TwoTenants(RuleBasedStateMachine):
             ),
             (lambda: p.signal_token(stranger, token_id), lambda: p.signal_token(stranger, NEVER)),
         ]
+        o = self.operations
+        action = data.draw(st.sampled_from(RESOLVE_ACTIONS))
+        pairs += [
+            (
+                lambda: o.get_instance_detail(stranger, instance_id),
+                lambda: o.get_instance_detail(stranger, NEVER),
+            ),
+            (
+                lambda: o.get_instance_history(stranger, instance_id),
+                lambda: o.get_instance_history(stranger, NEVER),
+            ),
+            (
+                lambda: o.cancel_instance(stranger, instance_id, "probe"),
+                lambda: o.cancel_instance(stranger, NEVER, "probe"),
+            ),
+            (
+                lambda: o.resolve_incident(stranger, token_id, action, {"v": value}),
+                lambda: o.resolve_incident(stranger, NEVER, action, {"v": value}),
+            ),
+        ]
         for foreign, missing in pairs:
             assert outcome(foreign) == outcome(missing)
+        if stranger.tenant_id != "rival":
+            never = "never_deployed"
+            assert outcome(lambda: o.get_definition(stranger, "rival_only")) == outcome(
+                lambda: o.get_definition(stranger, never)
+            )
+
+    @rule(data=st.data())
+    def fail_own(self, data: st.DataObject) -> None:
+        """Signals a fragile instance's task without `approved`: an incident."""
+        choices = [
+            (t, i)
+            for t, i in self.all_instances()
+            if self.processes.get_instance(self.caller(t), i).definition_id == "fragile"
+        ]
+        if not choices:
+            return
+        tenant, instance_id = data.draw(st.sampled_from(choices))
+        for token in self.processes.get_instance(self.caller(tenant), instance_id).tokens:
+            if token.status == "parked" and "approved" not in self.owned[tenant][instance_id]:
+                self.processes.signal_token(self.caller(tenant), token.id)
+
+    @rule(data=st.data())
+    def cancel_own(self, data: st.DataObject) -> None:
+        choices = self.all_instances()
+        if not choices:
+            return
+        tenant, instance_id = data.draw(st.sampled_from(choices))
+        outcome(lambda: self.operations.cancel_instance(self.caller(tenant), instance_id, "done with it"))
 
     @rule(data=st.data())
     def signal_own(self, data: st.DataObject) -> None:
@@ -140,6 +212,18 @@ class TwoTenants(RuleBasedStateMachine):
             assert listed == set(self.owned[tenant])
             for instance_id, variables in self.owned[tenant].items():
                 assert self.processes.get_variables(self.caller(tenant), instance_id) == variables
+            caller = self.caller(tenant)
+            searched = self.operations.search_instances(caller, InstanceFilter(), page_size=1000).items
+            assert {i.id for i in searched} == set(self.owned[tenant])
+            incidents = self.operations.list_incidents(caller, page_size=1000).items
+            assert {i.instance_id for i in incidents} <= set(self.owned[tenant])
+            running = sum(1 for i in searched if i.status == "running")
+            # Every running instance is counted, and nothing of the other tenant's.
+            counted = self.operations.cancel_instances(caller, InstanceFilter(), dry_run=True).matched
+            assert running <= counted <= len(searched)
+            assert self.operations.retry_incidents(caller, dry_run=True).matched == len(incidents)
+            visible = {d.definition_id for d in self.operations.list_definitions(caller)}
+            assert ("rival_only" in visible) == (tenant == "rival")
 
 
 TwoTenants.TestCase.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)

@@ -22,7 +22,7 @@ from orchestra_server.storage.migrate import (
     head_revision,
     upgrade,
 )
-from orchestra_server.storage.repository import live_tokens
+from orchestra_server.storage.repository import live_tokens, value_digest
 from orchestra_server.storage.schema import Base
 
 
@@ -120,3 +120,40 @@ def test_incidents_stored_before_kinds_get_one(database: Database) -> None:
     assert tokens["t-other"].reason == "'x > 1' failed: no such key"
     assert (tokens["t-parked"].incident, tokens["t-parked"].reason) == (None, None)
     assert {token.since for token in tokens.values()} == {at}
+
+
+def test_operations_columns_are_filled_for_what_was_stored_before(database: Database) -> None:
+    """0003: an ended instance ends when it last changed; every stored value gets its digest."""
+    _migrate(database, "0002", down=True)
+    at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO definitions"
+                " (tenant_key, definition_id, version, content, content_hash, deployed_at)"
+                " VALUES ('', 'd', 1, '{}', 'h', :at)"
+            ),
+            {"at": at},
+        )
+        for seq, status in ((1, "running"), (2, "completed")):
+            conn.execute(
+                text(
+                    "INSERT INTO instances"
+                    " (seq, id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
+                    " VALUES (:seq, :id, 'default', 'd', 1, :status, :at, :at)"
+                ),
+                {"seq": seq, "id": f"i{seq}", "status": status, "at": at},
+            )
+        conn.execute(
+            text("INSERT INTO variables (instance_seq, name, value) VALUES (1, 'a', :v), (2, 'a', :w)"),
+            {"v": '{"x":1.0,"y":[true]}', "w": '{"y":[true],"x":1}'},
+        )
+    _migrate(database, "head")
+    with database.engine.connect() as conn:
+        ended = dict(conn.execute(text("SELECT id, ended_at FROM instances ORDER BY seq")).all())
+        digests = (
+            conn.execute(text("SELECT value_digest FROM variables ORDER BY instance_seq")).scalars().all()
+        )
+    assert ended["i1"] is None
+    assert ended["i2"] is not None
+    assert digests[0] == digests[1] == value_digest('{"x":1,"y":[true]}')

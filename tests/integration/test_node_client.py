@@ -1,5 +1,8 @@
 """The Node.js client (clients/node) against the real service: `orchestra serve` on a free loopback port.
 
+Both APIs are driven: the consumer's (client.test.js) and the operations API
+(operations.test.js, as a consumer whose role may operate and deploy).
+
 The data directory is prepared with the real CLI (deploy `three_step`, create a consumer), the
 service is started as a subprocess and awaited through gRPC health, and `node --test` runs the
 client's own test suite against it. The npm dependencies are installed on demand with `npm ci`,
@@ -40,6 +43,7 @@ CLI_TIMEOUT = 60.0
 START_TIMEOUT = 30.0
 NODE_TIMEOUT = 120.0
 STOP_TIMEOUT = 20.0
+OPERATOR_PERMISSIONS = ("access orchestra api", "operate orchestra", "deploy orchestra definitions")
 
 pytestmark = pytest.mark.timeout(NPM_TIMEOUT + 2 * CLI_TIMEOUT + START_TIMEOUT + NODE_TIMEOUT + 60)
 
@@ -141,11 +145,16 @@ def _wait_serving(process: subprocess.Popen[bytes], address: str, log: Path) -> 
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A running `orchestra serve` with three_step deployed: its address and a consumer's credentials."""
+def service(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]]]:
+    """A running `orchestra serve` with three_step deployed: its address, a consumer's credentials and
+    an operator's (a consumer of the same tenant that may also operate and deploy)."""
     data_dir = tmp_path / "data"
     _cli(data_dir, "definition", "deploy", "examples/three_step.yaml")
     consumer = json.loads(_cli(data_dir, "consumer", "create", "--tenant", "default", "--json"))
+    _cli(data_dir, "role", "create", "operator", *(f"--permission={p}" for p in OPERATOR_PERMISSIONS))
+    operator = json.loads(
+        _cli(data_dir, "consumer", "create", "--tenant", "default", "--role", "operator", "--json")
+    )
     port = _free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
@@ -171,7 +180,7 @@ def service(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     try:
         address = f"127.0.0.1:{port}"
         _wait_serving(process, address, log)
-        yield address, consumer
+        yield address, consumer, operator
     finally:
         _stop(process)
 
@@ -182,8 +191,10 @@ def _tap_count(output: str, name: str) -> int:
     return int(match.group(1))
 
 
-def test_node_client_drives_the_service(node: str, service: tuple[str, dict[str, str]]) -> None:
-    address, consumer = service
+def test_node_client_drives_the_service(
+    node: str, service: tuple[str, dict[str, str], dict[str, str]]
+) -> None:
+    address, consumer, operator = service
     # The files are named explicitly: how a bare directory argument is read differs between Node versions.
     files = sorted(str(p.relative_to(ROOT)) for p in NODE_TESTS.glob("*.test.js"))
     assert files, f"no *.test.js files in {NODE_TESTS}"
@@ -198,6 +209,8 @@ def test_node_client_drives_the_service(node: str, service: tuple[str, dict[str,
             ORCHESTRA_GRPC_TARGET=address,
             ORCHESTRA_CLIENT_ID=consumer["client_id"],
             ORCHESTRA_CLIENT_SECRET=consumer["client_secret"],
+            ORCHESTRA_OPERATOR_CLIENT_ID=operator["client_id"],
+            ORCHESTRA_OPERATOR_CLIENT_SECRET=operator["client_secret"],
         ),
     )
     output = result.stdout + result.stderr

@@ -20,7 +20,7 @@ from orchestra_server.service.processes import (
     AUDIT_LISTED_TOKENS,
     Caller,
     ProcessService,
-    _encode_page_token,
+    encode_page_token,
 )
 from orchestra_server.storage.database import Database
 from orchestra_server.storage.repository import read_audit
@@ -236,12 +236,12 @@ def test_list_newest_first_filtered_and_paged(world: World) -> None:
         world.processes.list_instances(ALICE, page_token="not-a-token")
     # Even a token signed with the right key cannot name a position the
     # database cannot hold.
-    beyond = _encode_page_token(2**64 - 1, ["", ""], PAGE_TOKEN_KEY)
+    beyond = encode_page_token(2**64 - 1, ["", ""], PAGE_TOKEN_KEY)
     with pytest.raises(errors.InvalidArgument):
         world.processes.list_instances(ALICE, page_token=beyond)
     # Nor one signed with another key.
     with pytest.raises(errors.InvalidArgument):
-        world.processes.list_instances(ALICE, page_token=_encode_page_token(1, ["", ""], bytes(32)))
+        world.processes.list_instances(ALICE, page_token=encode_page_token(1, ["", ""], bytes(32)))
     with pytest.raises(errors.InvalidArgument):
         world.processes.list_instances(ALICE, page_size=1001)
 

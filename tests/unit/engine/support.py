@@ -95,6 +95,27 @@ class Driver:
         assert given == list(self.tokens.values()), "the engine altered its input"
         return self._apply(step)
 
+    def skip(self, token_id: str) -> engine.Step:
+        return self._resolve(engine.skip, token_id)
+
+    def cancel_branch(self, token_id: str) -> engine.Step:
+        return self._resolve(engine.cancel_branch, token_id)
+
+    def _resolve(self, call: engine.Advance, token_id: str) -> engine.Step:
+        given = list(self.tokens.values())
+        step = call(
+            self.definition,
+            given,
+            dict(self.variables),
+            token_id,
+            now=self.now,
+            new_id=self.new_id,
+            step_limit=self.step_limit,
+            token_limit=self.token_limit,
+        )
+        assert given == list(self.tokens.values()), "the engine altered its input"
+        return self._apply(step)
+
     def fire(self, token_id: str, *, now: datetime | None = None) -> engine.Step:
         if now is not None:
             self.now = now
@@ -194,7 +215,7 @@ class Driver:
                 change += 1
             elif event.kind is EventKind.ROUTED:
                 change += len(event.tokens) - 1
-            elif event.kind in (EventKind.ENDED, EventKind.ABSORBED):
+            elif event.kind in (EventKind.ENDED, EventKind.ABSORBED, EventKind.BRANCH_CANCELLED):
                 change -= 1
             elif event.kind is EventKind.JOIN_FIRED:
                 change -= len(event.tokens) - 1

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from orchestra_server.errors import PermissionDenied, Unauthenticated
+from orchestra_server.errors import Unauthenticated
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from orchestra_server.identity.authenticator import Authenticator, Principal, check_forwarded_tenant
 
@@ -26,9 +26,11 @@ def authenticator(verifier: AccessTokenVerifier, directory: FakeDirectory) -> Au
     return Authenticator(verifier, directory, recheck_seconds=2.0)
 
 
-def test_a_valid_bearer_token_names_consumer_and_tenant(authenticator: Authenticator, token: str) -> None:
+def test_a_valid_bearer_token_names_consumer_tenant_and_permissions(
+    authenticator: Authenticator, token: str
+) -> None:
     assert authenticator.authenticate(f"Bearer {token}", NOW) == Principal(
-        client_id=CLIENT, tenant_id="tenant-a"
+        client_id=CLIENT, tenant_id="tenant-a", permissions=frozenset({"access orchestra api"})
     )
 
 
@@ -93,19 +95,22 @@ def test_a_deleted_consumer_is_unauthenticated(
         authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=2))
 
 
-def test_permission_removal_is_permission_denied_after_the_interval_and_can_be_undone(
+def test_permission_changes_reach_the_principal_within_the_interval(
     authenticator: Authenticator, directory: FakeDirectory, token: str
 ) -> None:
-    authenticator.authenticate(f"Bearer {token}", NOW)
-    directory.update(CLIENT, permissions=frozenset({"something else"}))
-    authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=1))
-    with pytest.raises(PermissionDenied, match="access orchestra api"):
-        authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=2))
-    directory.update(CLIENT, permissions=frozenset({"access orchestra api"}))
-    # The refusal is remembered for the interval too, then lifted.
-    with pytest.raises(PermissionDenied):
-        authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=3))
-    assert authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=4)).client_id == CLIENT
+    # Which permission a call needs is the transport's table; the principal carries them all.
+    assert authenticator.authenticate(f"Bearer {token}", NOW).permissions == {"access orchestra api"}
+    directory.update(CLIENT, permissions=frozenset({"operate orchestra"}))
+    assert authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=1)).permissions == {
+        "access orchestra api"
+    }
+    assert authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=2)).permissions == {
+        "operate orchestra"
+    }
+    directory.update(CLIENT, permissions=frozenset())
+    assert (
+        authenticator.authenticate(f"Bearer {token}", NOW + timedelta(seconds=4)).permissions == frozenset()
+    )
 
 
 def test_the_directory_is_read_at_most_once_per_interval(

@@ -81,6 +81,22 @@ def test_credentials_in_the_body(endpoint: TokenEndpoint, verifier: AccessTokenV
     assert "WWW-Authenticate" not in response.headers
 
 
+@pytest.mark.parametrize(
+    "permissions",
+    [
+        pytest.param({"operate orchestra"}, id="operator"),
+        pytest.param({"deploy orchestra definitions"}, id="deployer"),
+        pytest.param({"operate orchestra", "access orchestra ui"}, id="operator-and-other"),
+    ],
+)
+def test_any_api_permission_earns_a_token(
+    directory: FakeDirectory, endpoint: TokenEndpoint, verifier: AccessTokenVerifier, permissions: set[str]
+) -> None:
+    # Each route checks its own permission; the door only asks for one of the API's.
+    directory.update(CLIENT, permissions=frozenset(permissions))
+    assert _token_claims(_post(endpoint, _grant()), verifier).client_id == CLIENT
+
+
 def test_credentials_with_http_basic(endpoint: TokenEndpoint, verifier: AccessTokenVerifier) -> None:
     response = _post(
         endpoint, _form(("grant_type", "client_credentials")), authorization=_basic(CLIENT, SECRET)

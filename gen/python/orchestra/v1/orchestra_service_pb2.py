@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$orchestra/v1/orchestra_service.proto\x12\x0corchestra.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x13StartProcessRequest\x12\x15\n\rdefinition_id\x18\x01 \x01(\t\x12\x43\n\tvariables\x18\x02 \x03(\x0b\x32\x30.orchestra.v1.StartProcessRequest.VariablesEntry\x1aH\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"+\n\x14StartProcessResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"d\n\x14ListInstancesRequest\x12\x15\n\rdefinition_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"b\n\x15ListInstancesResponse\x12\x30\n\tinstances\x18\x01 \x03(\x0b\x32\x1d.orchestra.v1.InstanceSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x0fInstanceSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rdefinition_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\")\n\x12GetInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"?\n\x13GetInstanceResponse\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.orchestra.v1.Instance\"\xf1\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rdefinition_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12#\n\x06tokens\x18\x05 \x03(\x0b\x32\x13.orchestra.v1.Token\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x06 \x01(\x05\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x1a\n\rincident_kind\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0fincident_reason\x18\x05 \x01(\tH\x01\x88\x01\x01\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x10\n\x0e_incident_kindB\x12\n\x10_incident_reason\"&\n\x12SignalTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"%\n\x13SignalTokenResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\"*\n\x13GetVariablesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\xa6\x01\n\x14GetVariablesResponse\x12\x44\n\tvariables\x18\x01 \x03(\x0b\x32\x31.orchestra.v1.GetVariablesResponse.VariablesEntry\x1aH\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"^\n\x12SetVariableRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"%\n\x13SetVariableResponse\x12\x0e\n\x06status\x18\x01 \x01(\t2\xd3\x06\n\x10OrchestraService\x12\x8e\x01\n\x0cStartProcess\x12!.orchestra.v1.StartProcessRequest\x1a\".orchestra.v1.StartProcessResponse\"7\x82\xd3\xe4\x93\x02\x31\",/orchestra-api/process/{definition_id}/start:\x01*\x12z\n\rListInstances\x12\".orchestra.v1.ListInstancesRequest\x1a#.orchestra.v1.ListInstancesResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/orchestra-api/instances\x12\x81\x01\n\x0bGetInstance\x12 .orchestra.v1.GetInstanceRequest\x1a!.orchestra.v1.GetInstanceResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/orchestra-api/instance/{instance_id}\x12\x85\x01\n\x0bSignalToken\x12 .orchestra.v1.SignalTokenRequest\x1a!.orchestra.v1.SignalTokenResponse\"1\x82\xd3\xe4\x93\x02+\"&/orchestra-api/token/{token_id}/signal:\x01*\x12\x8e\x01\n\x0cGetVariables\x12!.orchestra.v1.GetVariablesRequest\x1a\".orchestra.v1.GetVariablesResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//orchestra-api/instance/{instance_id}/variables\x12\x94\x01\n\x0bSetVariable\x12 .orchestra.v1.SetVariableRequest\x1a!.orchestra.v1.SetVariableResponse\"@\x82\xd3\xe4\x93\x02:\x1a\x35/orchestra-api/instance/{instance_id}/variable/{name}:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$orchestra/v1/orchestra_service.proto\x12\x0corchestra.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x13StartProcessRequest\x12\x15\n\rdefinition_id\x18\x01 \x01(\t\x12\x43\n\tvariables\x18\x02 \x03(\x0b\x32\x30.orchestra.v1.StartProcessRequest.VariablesEntry\x1aH\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"+\n\x14StartProcessResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"d\n\x14ListInstancesRequest\x12\x15\n\rdefinition_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"b\n\x15ListInstancesResponse\x12\x30\n\tinstances\x18\x01 \x03(\x0b\x32\x1d.orchestra.v1.InstanceSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x0fInstanceSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rdefinition_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\")\n\x12GetInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"?\n\x13GetInstanceResponse\x12(\n\x08instance\x18\x01 \x01(\x0b\x32\x16.orchestra.v1.Instance\"\xf1\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rdefinition_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12#\n\x06tokens\x18\x05 \x03(\x0b\x32\x13.orchestra.v1.Token\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x06 \x01(\x05\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x1a\n\rincident_kind\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0fincident_reason\x18\x05 \x01(\tH\x01\x88\x01\x01\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x10\n\x0e_incident_kindB\x12\n\x10_incident_reason\"\xb4\x01\n\x12SignalTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x42\n\tvariables\x18\x02 \x03(\x0b\x32/.orchestra.v1.SignalTokenRequest.VariablesEntry\x1aH\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"%\n\x13SignalTokenResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\"*\n\x13GetVariablesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\xa6\x01\n\x14GetVariablesResponse\x12\x44\n\tvariables\x18\x01 \x03(\x0b\x32\x31.orchestra.v1.GetVariablesResponse.VariablesEntry\x1aH\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"^\n\x12SetVariableRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"%\n\x13SetVariableResponse\x12\x0e\n\x06status\x18\x01 \x01(\t2\xd3\x06\n\x10OrchestraService\x12\x8e\x01\n\x0cStartProcess\x12!.orchestra.v1.StartProcessRequest\x1a\".orchestra.v1.StartProcessResponse\"7\x82\xd3\xe4\x93\x02\x31\",/orchestra-api/process/{definition_id}/start:\x01*\x12z\n\rListInstances\x12\".orchestra.v1.ListInstancesRequest\x1a#.orchestra.v1.ListInstancesResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/orchestra-api/instances\x12\x81\x01\n\x0bGetInstance\x12 .orchestra.v1.GetInstanceRequest\x1a!.orchestra.v1.GetInstanceResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/orchestra-api/instance/{instance_id}\x12\x85\x01\n\x0bSignalToken\x12 .orchestra.v1.SignalTokenRequest\x1a!.orchestra.v1.SignalTokenResponse\"1\x82\xd3\xe4\x93\x02+\"&/orchestra-api/token/{token_id}/signal:\x01*\x12\x8e\x01\n\x0cGetVariables\x12!.orchestra.v1.GetVariablesRequest\x1a\".orchestra.v1.GetVariablesResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//orchestra-api/instance/{instance_id}/variables\x12\x94\x01\n\x0bSetVariable\x12 .orchestra.v1.SetVariableRequest\x1a!.orchestra.v1.SetVariableResponse\"@\x82\xd3\xe4\x93\x02:\x1a\x35/orchestra-api/instance/{instance_id}/variable/{name}:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTPROCESSREQUEST_VARIABLESENTRY']._loaded_options = None
   _globals['_STARTPROCESSREQUEST_VARIABLESENTRY']._serialized_options = b'8\001'
+  _globals['_SIGNALTOKENREQUEST_VARIABLESENTRY']._loaded_options = None
+  _globals['_SIGNALTOKENREQUEST_VARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_GETVARIABLESRESPONSE_VARIABLESENTRY']._loaded_options = None
   _globals['_GETVARIABLESRESPONSE_VARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_ORCHESTRASERVICE'].methods_by_name['StartProcess']._loaded_options = None
@@ -70,20 +72,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCE']._serialized_end=1004
   _globals['_TOKEN']._serialized_start=1007
   _globals['_TOKEN']._serialized_end=1198
-  _globals['_SIGNALTOKENREQUEST']._serialized_start=1200
-  _globals['_SIGNALTOKENREQUEST']._serialized_end=1238
-  _globals['_SIGNALTOKENRESPONSE']._serialized_start=1240
-  _globals['_SIGNALTOKENRESPONSE']._serialized_end=1277
-  _globals['_GETVARIABLESREQUEST']._serialized_start=1279
-  _globals['_GETVARIABLESREQUEST']._serialized_end=1321
-  _globals['_GETVARIABLESRESPONSE']._serialized_start=1324
-  _globals['_GETVARIABLESRESPONSE']._serialized_end=1490
+  _globals['_SIGNALTOKENREQUEST']._serialized_start=1201
+  _globals['_SIGNALTOKENREQUEST']._serialized_end=1381
+  _globals['_SIGNALTOKENREQUEST_VARIABLESENTRY']._serialized_start=263
+  _globals['_SIGNALTOKENREQUEST_VARIABLESENTRY']._serialized_end=335
+  _globals['_SIGNALTOKENRESPONSE']._serialized_start=1383
+  _globals['_SIGNALTOKENRESPONSE']._serialized_end=1420
+  _globals['_GETVARIABLESREQUEST']._serialized_start=1422
+  _globals['_GETVARIABLESREQUEST']._serialized_end=1464
+  _globals['_GETVARIABLESRESPONSE']._serialized_start=1467
+  _globals['_GETVARIABLESRESPONSE']._serialized_end=1633
   _globals['_GETVARIABLESRESPONSE_VARIABLESENTRY']._serialized_start=263
   _globals['_GETVARIABLESRESPONSE_VARIABLESENTRY']._serialized_end=335
-  _globals['_SETVARIABLEREQUEST']._serialized_start=1492
-  _globals['_SETVARIABLEREQUEST']._serialized_end=1586
-  _globals['_SETVARIABLERESPONSE']._serialized_start=1588
-  _globals['_SETVARIABLERESPONSE']._serialized_end=1625
-  _globals['_ORCHESTRASERVICE']._serialized_start=1628
-  _globals['_ORCHESTRASERVICE']._serialized_end=2479
+  _globals['_SETVARIABLEREQUEST']._serialized_start=1635
+  _globals['_SETVARIABLEREQUEST']._serialized_end=1729
+  _globals['_SETVARIABLERESPONSE']._serialized_start=1731
+  _globals['_SETVARIABLERESPONSE']._serialized_end=1768
+  _globals['_ORCHESTRASERVICE']._serialized_start=1771
+  _globals['_ORCHESTRASERVICE']._serialized_end=2622
 # @@protoc_insertion_point(module_scope)

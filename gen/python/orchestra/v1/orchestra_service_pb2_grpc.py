@@ -132,7 +132,11 @@ class OrchestraServiceServicer:
         advances its instance: a person finished a task, an external handler
         reported back, a timer fired. Signalling an incident retries it.
 
-        Errors: FAILED_PRECONDITION when the token is not parked: unknown,
+        Variables given with the signal are set first, in the same transaction,
+        under the same limits as SetVariable.
+
+        Errors: INVALID_ARGUMENT for a bad variable name or value;
+        FAILED_PRECONDITION when the token is not parked: unknown,
         already consumed, waiting at a join, in an instance that is not running,
         or in another tenant.
         """

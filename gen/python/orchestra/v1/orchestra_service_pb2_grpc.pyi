@@ -73,7 +73,11 @@ class OrchestraServiceStub:
     advances its instance: a person finished a task, an external handler
     reported back, a timer fired. Signalling an incident retries it.
 
-    Errors: FAILED_PRECONDITION when the token is not parked: unknown,
+    Variables given with the signal are set first, in the same transaction,
+    under the same limits as SetVariable.
+
+    Errors: INVALID_ARGUMENT for a bad variable name or value;
+    FAILED_PRECONDITION when the token is not parked: unknown,
     already consumed, waiting at a join, in an instance that is not running,
     or in another tenant.
     """
@@ -137,7 +141,11 @@ class OrchestraServiceAsyncStub(OrchestraServiceStub):
     advances its instance: a person finished a task, an external handler
     reported back, a timer fired. Signalling an incident retries it.
 
-    Errors: FAILED_PRECONDITION when the token is not parked: unknown,
+    Variables given with the signal are set first, in the same transaction,
+    under the same limits as SetVariable.
+
+    Errors: INVALID_ARGUMENT for a bad variable name or value;
+    FAILED_PRECONDITION when the token is not parked: unknown,
     already consumed, waiting at a join, in an instance that is not running,
     or in another tenant.
     """
@@ -222,7 +230,11 @@ class OrchestraServiceServicer(metaclass=_abc_1.ABCMeta):
         advances its instance: a person finished a task, an external handler
         reported back, a timer fired. Signalling an incident retries it.
 
-        Errors: FAILED_PRECONDITION when the token is not parked: unknown,
+        Variables given with the signal are set first, in the same transaction,
+        under the same limits as SetVariable.
+
+        Errors: INVALID_ARGUMENT for a bad variable name or value;
+        FAILED_PRECONDITION when the token is not parked: unknown,
         already consumed, waiting at a join, in an instance that is not running,
         or in another tenant.
         """
