@@ -222,11 +222,7 @@ def _search_sql(
         )
     if by_status:
         conditions.append("i.status = :status")
-    if has_incident is True:
-        conditions.append(
-            "i.seq IN (SELECT instance_seq FROM tokens WHERE tenant_id = :tenant AND status = 'incident')"
-        )
-    elif has_incident is False:
+    if has_incident is False:
         conditions.append(
             "NOT EXISTS (SELECT 1 FROM tokens x WHERE x.instance_seq = i.seq AND x.status = 'incident')"
         )
@@ -244,15 +240,36 @@ def _search_sql(
             "i.seq IN (SELECT instance_seq FROM variables"  # noqa: S608 (generated names only)
             f" WHERE name = :name{n} AND value_digest = :digest{n})"
         )
-    if position:
-        conditions.append("i.seq < :before_seq")
     if only:
         conditions.append("i.seq = :only")
+    columns = (
+        "i.seq, i.id, i.definition_id, d.version, i.status, i.created_at, i.updated_at, i.ended_at,"
+        " (SELECT COUNT(*) FROM tokens c WHERE c.instance_seq = i.seq AND c.status = 'incident')"
+    )
+    if has_incident is True:
+        # Driven by the tenant's incident tokens, newest instance first, so a page costs its own
+        # rows however many incidents or instances the tenant has; an instance with several
+        # incidents is met once, at its first incident token.
+        conditions[:0] = [
+            "t.tenant_id = :tenant",
+            "t.status = 'incident'",
+            "NOT EXISTS (SELECT 1 FROM tokens y WHERE y.instance_seq = t.instance_seq"
+            " AND y.status = 'incident' AND y.id < t.id)",
+        ]
+        if position:
+            conditions.append("t.instance_seq < :before_seq")
+        where = " AND ".join(conditions)
+        return Sql(
+            f"SELECT {columns} FROM tokens t JOIN instances i ON i.seq = t.instance_seq"  # noqa: S608
+            f" JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
+            " ORDER BY t.instance_seq DESC LIMIT :limit"
+        )
+    if position:
+        conditions.append("i.seq < :before_seq")
     where = " AND ".join(conditions)
     # Only the fixed conditions above are joined in; every value is a bound parameter.
     return Sql(
-        "SELECT i.seq, i.id, i.definition_id, d.version, i.status, i.created_at, i.updated_at, i.ended_at,"  # noqa: S608
-        " (SELECT COUNT(*) FROM tokens c WHERE c.instance_seq = i.seq AND c.status = 'incident')"
+        f"SELECT {columns}"  # noqa: S608
         f" FROM instances i JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
         " ORDER BY i.seq DESC LIMIT :limit"
     )

@@ -154,8 +154,10 @@ class TokenRow(Base):
     __table_args__ = (
         Index("ix_tokens_instance_seq", "instance_seq"),
         Index("ix_tokens_due_at", "due_at"),
-        # A tenant's incidents, oldest first (and the instances that have one).
+        # A tenant's incidents, oldest first.
         Index("ix_tokens_tenant_status_since", "tenant_id", "status", "since", "id"),
+        # The tenant's instances that have an incident, newest first (SearchInstances).
+        Index("ix_tokens_tenant_status_instance", "tenant_id", "status", "instance_seq"),
         # A tenant's live tokens at one node.
         Index("ix_tokens_tenant_node_status", "tenant_id", "node_id", "status"),
     )

@@ -42,7 +42,9 @@ CASES: dict[str, tuple[Sql, dict[str, Any], str]] = {
     ),
     # Either tokens index leads with the tenant and holds the status (PostgreSQL takes either).
     "has an incident": (_search(has_incident=True), {}, "ix_tokens_tenant_"),
-    "a live token at a node": (_search(by_node=True), {"node_id": "approve"}, "ix_tokens_tenant_node_status"),
+    # On empty tables PostgreSQL may take any tokens index that leads with the tenant; SQLite's
+    # choice is the node index (bench/plans.py shows PostgreSQL's on a grown tenant).
+    "a live token at a node": (_search(by_node=True), {"node_id": "approve"}, "ix_tokens_tenant_"),
     "started in a range": (
         _search(after=True, before=True),
         {"started_after": NOW, "started_before": NOW},
@@ -74,5 +76,7 @@ def test_each_search_reads_through_its_index(database: Database, case: str) -> N
             plan = "\n".join(row[0] for row in cursor.fetchall())
             cursor.close()
     assert index in plan, plan
+    if case == "a live token at a node" and database.engine.dialect.name == "sqlite":
+        assert "ix_tokens_tenant_node_status" in plan, plan
     for full_scan in ("SCAN i ", "SCAN t ", "Seq Scan"):
         assert full_scan not in plan, plan

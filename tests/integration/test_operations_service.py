@@ -38,6 +38,29 @@ ROUTED = {
         {"from": "big", "to": "done"},
     ],
 }
+# Two branches that both stop in an incident for a small amount.
+TWICE_STUCK = {
+    "id": "twice_stuck",
+    "nodes": {
+        "begin": {"type": "start"},
+        "fork": {"type": "passthrough"},
+        "left": {"type": "gateway", "gateway": "exclusive"},
+        "right": {"type": "gateway", "gateway": "exclusive"},
+        "left_task": {"type": "wait"},
+        "right_task": {"type": "wait"},
+        "left_done": {"type": "end"},
+        "right_done": {"type": "end"},
+    },
+    "flows": [
+        {"from": "begin", "to": "fork"},
+        {"from": "fork", "to": "left"},
+        {"from": "fork", "to": "right"},
+        {"from": "left", "to": "left_task", "when": "amount > 1000"},
+        {"from": "right", "to": "right_task", "when": "amount > 1000"},
+        {"from": "left_task", "to": "left_done"},
+        {"from": "right_task", "to": "right_done"},
+    ],
+}
 TIMER = {
     "id": "cool_off",
     "nodes": {
@@ -205,6 +228,28 @@ def test_search_filters_one_by_one_and_combined(w: Ops) -> None:
     assert (overview.definition_version, overview.ended_at, overview.open_incidents) == (1, w.clock.now, 0)
     [failing_view] = w.ops.search_instances(ALICE, InstanceFilter.parse(has_incident=True)).items
     assert (failing_view.open_incidents, failing_view.ended_at) == (1, None)
+
+
+def test_an_instance_with_several_incidents_is_found_once_page_after_page(w: Ops) -> None:
+    w.deploy(TWICE_STUCK)
+    stuck = []
+    for _ in range(3):
+        stuck.append(w.processes.start_process(ALICE, "twice_stuck", {"amount": 1}))
+        w.processes.start_process(ALICE, "three_step", {})
+    for instance_id in stuck:
+        tokens = w.processes.get_instance(ALICE, instance_id).tokens
+        assert [t.status for t in tokens] == ["incident", "incident"]
+    seen: list[tuple[str, int]] = []
+    token = ""
+    while True:
+        page = w.ops.search_instances(
+            ALICE, InstanceFilter.parse(has_incident=True), page_size=2, page_token=token
+        )
+        seen += [(found.id, found.open_incidents) for found in page.items]
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert seen == [(instance_id, 2) for instance_id in reversed(stuck)]
 
 
 def test_search_pages_and_refuses_forged_tokens(w: Ops) -> None:

@@ -40,6 +40,9 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_tokens_tenant_node_status", ["tenant_id", "node_id", "status"], unique=False
         )
+        batch_op.create_index(
+            "ix_tokens_tenant_status_instance", ["tenant_id", "status", "instance_seq"], unique=False
+        )
     with op.batch_alter_table("audit", schema=None) as batch_op:
         batch_op.create_index(
             "ix_audit_tenant_instance_seq", ["tenant_id", "instance_id", "seq"], unique=False
@@ -89,6 +92,7 @@ def downgrade() -> None:
     with op.batch_alter_table("audit", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_tenant_instance_seq")
     with op.batch_alter_table("tokens", schema=None) as batch_op:
+        batch_op.drop_index("ix_tokens_tenant_status_instance")
         batch_op.drop_index("ix_tokens_tenant_node_status")
         batch_op.drop_index("ix_tokens_tenant_status_since")
     with op.batch_alter_table("variables", schema=None) as batch_op:
