@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -512,7 +512,10 @@ class OperationsService:
     ) -> BatchOutcome:
         limit = _batch_size(max)
         _check_reason(reason)
-        stored_query = _stored_query(query)
+        # Only running instances can be cancelled: the others neither match nor count.
+        if query.status not in (None, InstanceStatus.RUNNING.value):
+            return BatchOutcome(0, 0, 0, 0, ())
+        stored_query = replace(_stored_query(query), status=InstanceStatus.RUNNING.value)
         with self._db.reading() as conn:
             matched = repo.search_instances(
                 conn, caller.tenant_id, stored_query, before_seq=None, limit=limit

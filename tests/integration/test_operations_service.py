@@ -383,8 +383,10 @@ def test_cancel_in_batches(w: Ops) -> None:
     two = w.ops.cancel_instances(ALICE, query, reason="cleanup", max=2)
     assert (two.matched, two.done, two.skipped, two.failed, two.errors) == (2, 2, 0, 0, ())
     rest = w.ops.cancel_instances(ALICE, InstanceFilter.parse(definition_id="three_step"))
-    # Ended ones match the filter but are not running when their turn comes: passed over.
-    assert (rest.matched, rest.done, rest.skipped) == (4, 1, 3)
+    # Only running instances match a cancel: the ended ones are not counted at all.
+    assert (rest.matched, rest.done, rest.skipped) == (1, 1, 0)
+    ended = w.ops.cancel_instances(ALICE, InstanceFilter.parse(status="completed"), dry_run=True)
+    assert ended.matched == 0
     statuses = {i: w.ops.get_instance_detail(ALICE, i).status for i in [*doomed, keep, done]}
     assert statuses == {**dict.fromkeys(doomed, "cancelled"), keep: "running", done: "completed"}
     [bob] = w.ops.search_instances(BOB, InstanceFilter.parse()).items

@@ -261,7 +261,7 @@ class GetDefinitionResponse(_message.Message):
 
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionNode]:
-        """The nodes in the order the definition declares them."""
+        """The nodes, ordered by id (the stored canonical form keeps no other order)."""
 
     @_builtins.property
     def flows(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionFlow]:
