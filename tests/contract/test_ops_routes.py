@@ -4,11 +4,13 @@ signal with variables."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +245,35 @@ def test_an_invalid_source_is_400_listing_the_problems_and_deploys_nothing(stack
     error = assert_error(stack.call("POST", f"{OPS}/definitions", {"source": yaml.safe_dump(broken)}), 400)
     assert "nowhere" in error
     assert_error(stack.call("GET", f"{OPS}/definitions/broken_one"), 404)
+
+
+def test_deploy_names_a_repeated_key_with_both_lines_and_a_condition_that_cannot_be_boolean(
+    stack: Stack,
+) -> None:
+    twice = "id: twice_declared\nnodes:\n  s: {type: start}\n  e: {type: end}\n  e: {type: end}\n"
+    twice += "flows:\n  - {from: s, to: e}\n"
+    error = assert_error(stack.call("POST", f"{OPS}/definitions", {"source": twice}), 400)
+    assert "duplicate key 'e' at line 5 (first at line 4)" in error
+    arithmetic = "id: not_boolean\nnodes:\n  s: {type: start}\n  e: {type: end}\n"
+    arithmetic += 'flows:\n  - {from: s, to: e, when: "amount * 2"}\n'
+    error = assert_error(stack.call("POST", f"{OPS}/definitions", {"source": arithmetic}), 400)
+    assert "flow #1 (s -> e): when 'amount * 2' cannot give a boolean" in error
+    for refused in ("twice_declared", "not_boolean"):
+        assert_error(stack.call("GET", f"{OPS}/definitions/{refused}"), 404)
+
+
+def test_a_calendar_month_timer_is_due_a_calendar_month_later(stack: Stack) -> None:
+    source = "id: monthly\nnodes:\n  s: {type: start}\n  t: {type: timer, after: P1M}\n  e: {type: end}\n"
+    source += "flows:\n  - {from: s, to: t}\n  - {from: t, to: e}\n"
+    assert_ok(stack.call("POST", f"{OPS}/definitions", {"source": source}), 201)
+    instance_id = start(stack.http, stack.consumer, "monthly", {})
+    detail = assert_ok(stack.call("GET", f"{OPS}/instances/{instance_id}"))["instance"]
+    started = datetime.fromisoformat(detail["started_at"].replace("Z", "+00:00"))
+    [token] = detail["tokens"]
+    due = datetime.fromisoformat(token["due_at"].replace("Z", "+00:00"))
+    year, month = (started.year + 1, 1) if started.month == 12 else (started.year, started.month + 1)
+    day = min(started.day, calendar.monthrange(year, month)[1])
+    assert due == started.replace(year=year, month=month, day=day)
 
 
 def test_a_shared_deploy_needs_the_shared_permission(stack: Stack) -> None:
