@@ -28,6 +28,7 @@ WORKER = textwrap.dedent(
     from pathlib import Path
 
     from orchestra_server.bootstrap import build_application
+    from orchestra_server.identity.consumers import API_PERMISSIONS
     from orchestra_server.service.processes import Caller
     from orchestra_server.settings import Settings
     from orchestra_server.transport.server import ServerOptions, serve
@@ -38,7 +39,7 @@ WORKER = textwrap.dedent(
 
     def slow_authenticate(authorization, tenant_hint, now):
         time.sleep(hold)
-        return Caller("default", "slow-caller")
+        return Caller("default", "slow-caller", API_PERMISSIONS)
 
     deps = replace(app.server_dependencies(), authenticate=slow_authenticate)
     try:
