@@ -41,6 +41,15 @@ _SQLITE_STORAGE_FAULTS = frozenset({3, 8, 10, 13, 14})  # PERM, READONLY, IOERR,
 # The write the health check makes while writes are failing, to see when they work again: it
 # changes no value but is a real write (SQLite appends the page to its log, PostgreSQL a row version).
 _WRITE_PROBE = "UPDATE alembic_version SET version_num = version_num"
+# What lost or refused PostgreSQL connections say; a refused one carries no SQLSTATE (psycopg
+# says only "connection failed: ...").
+_CONNECT_FAILURES = (
+    "connection failed",
+    "connection refused",
+    "could not connect",
+    "server closed",
+    "terminating",
+)
 
 
 class DatabaseNotReady(Exception):
@@ -221,7 +230,7 @@ def _is_connect_failure(exc: Exception) -> bool:
     if sqlstate.startswith(("08", "53", "57P0")):
         return True
     text = str(getattr(exc, "orig", exc)).lower()
-    return any(s in text for s in ("connection refused", "could not connect", "server closed", "terminating"))
+    return any(s in text for s in _CONNECT_FAILURES)
 
 
 def open_database(

@@ -3,8 +3,10 @@ gone, says NOT_SERVING on its health check, and serves again by itself within se
 
 The SQLite fault is real: the database file and its write-ahead log are made immutable
 (`chattr +i`), which refuses writes even to root, as a read-only or failing disk would. The
-PostgreSQL fault is a loopback proxy in front of the shared server that the test stops (every
-connection through it cut, new ones refused) and starts again; the server itself is never touched.
+PostgreSQL faults are a loopback proxy in front of the shared server that the test stops (every
+connection through it cut, new ones refused) and starts again, and a dedicated database whose
+connection limit drops to 0 with its sessions terminated (what a server at `max_connections` or
+shutting down answers); the server itself is never stopped.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def _can_make_immutable(directory: Path) -> bool:
     return made
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(60 + 30 * CYCLES)
 def test_sqlite_that_cannot_be_written_answers_unavailable_and_heals(tmp_path: Path) -> None:
     if not _can_make_immutable(tmp_path):
         pytest.skip("this filesystem or user cannot make a file immutable (chattr +i)")
@@ -238,7 +240,7 @@ def proxied_postgres_url() -> Iterator[tuple[str, TcpProxy]]:
 
 
 @pytest.mark.postgres
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(60 + 30 * CYCLES)
 def test_postgres_refusing_connections_answers_unavailable_and_heals(
     tmp_path: Path, proxied_postgres_url: tuple[str, TcpProxy]
 ) -> None:
@@ -253,3 +255,50 @@ def test_postgres_refusing_connections_answers_unavailable_and_heals(
 
     for client in _serve(server):
         _fault_cycles(server, client, fault)
+
+
+@pytest.fixture
+def limited_postgres_url() -> Iterator[tuple[str, Callable[[bool], None]]]:
+    """A dedicated, migrated database owned by a role of its own, whose connections the test can
+    refuse: the connection limit binds every role but a superuser."""
+    require_postgres()
+    name = f"orchestra_fault_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(database=name, username=name).render_as_string(hide_password=False)
+    database = open_database(url)
+    upgrade(database)
+    database.dispose()
+
+    def fault(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" CONNECTION LIMIT {0 if on else -1}'))
+            if on:
+                conn.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                    {"name": name},
+                )
+
+    try:
+        yield url, fault
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60 + 30 * CYCLES)
+def test_postgres_at_its_connection_limit_answers_unavailable_and_heals(
+    tmp_path: Path, limited_postgres_url: tuple[str, Callable[[bool], None]]
+) -> None:
+    url, fault = limited_postgres_url
+    server = Server(tmp_path / "data", url)
+    for client in _serve(server):
+        try:
+            _fault_cycles(server, client, fault)
+        finally:
+            fault(False)
