@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -44,6 +45,7 @@ FAULT_SECONDS = 5.0
 RECOVERY_LIMIT_SECONDS = 10.0
 # Writes in a row that must all succeed after recovery (before, about 1 in 6 failed).
 WRITES_AFTER_RECOVERY = 30
+CONCURRENT_CALLS = 16
 
 
 def _health(target: str) -> int:
@@ -71,6 +73,14 @@ def _write(client: GrpcOrchestraClient) -> str:
         return type(exc).__name__
 
 
+def _read(client: GrpcOrchestraClient) -> str:
+    try:
+        client.list_instances()
+        return "OK"
+    except errors.OrchestraError as exc:
+        return type(exc).__name__
+
+
 def _fault_cycles(server: Server, client: GrpcOrchestraClient, fault: Callable[[bool], None]) -> list[float]:
     """Runs CYCLES fault cycles; returns the seconds from the end of each fault to serving again."""
     target = f"127.0.0.1:{server.port}"
@@ -79,8 +89,13 @@ def _fault_cycles(server: Server, client: GrpcOrchestraClient, fault: Callable[[
         assert _write(client) == "OK"
         fault(True)
         try:
-            outcomes = {_write(client) for _ in range(3)}
+            # Concurrent calls, so the worker opens connections of its pool during the fault
+            # (SQLite opens them read-only); reads still work.
+            with ThreadPoolExecutor(CONCURRENT_CALLS) as pool:
+                outcomes = set(pool.map(lambda _: _write(client), range(3 * CONCURRENT_CALLS)))
+                reads = set(pool.map(lambda _: _read(client), range(3 * CONCURRENT_CALLS)))
             assert outcomes == {"Unavailable"}, outcomes
+            assert reads <= {"OK", "Unavailable"}, reads
             _wait_for(lambda: _health(target) == health_pb2.HealthCheckResponse.NOT_SERVING, 8, "NOT_SERVING")
             time.sleep(FAULT_SECONDS)
             assert _write(client) == "Unavailable"
@@ -92,7 +107,8 @@ def _fault_cycles(server: Server, client: GrpcOrchestraClient, fault: Callable[[
             "serving again after the fault",
         )
         recoveries.append(took)
-        outcomes_after = [_write(client) for _ in range(WRITES_AFTER_RECOVERY)]
+        with ThreadPoolExecutor(CONCURRENT_CALLS) as pool:
+            outcomes_after = list(pool.map(lambda _: _write(client), range(WRITES_AFTER_RECOVERY)))
         assert outcomes_after == ["OK"] * WRITES_AFTER_RECOVERY, outcomes_after
     print(f"recovery after the fault: {', '.join(f'{t:.1f} s' for t in recoveries)}")
     return recoveries
