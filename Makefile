@@ -25,8 +25,10 @@ test: $(STAMP)
 
 # Heavier reliability runs than make test: more kill -9 cycles, more fuzz cases, longer property runs.
 soak: $(STAMP)
-	ORCHESTRA_CRASH_CYCLES=20 ORCHESTRA_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest \
-		tests/integration/test_crash_safety.py tests/contract/test_fuzz.py tests/integration/test_races.py
+	ORCHESTRA_CRASH_CYCLES=20 ORCHESTRA_FUZZ_EXAMPLES=1000 ORCHESTRA_FAULT_CYCLES=$${ORCHESTRA_FAULT_CYCLES:-10} \
+		$(BIN)/python -m pytest \
+		tests/integration/test_crash_safety.py tests/contract/test_fuzz.py tests/integration/test_races.py \
+		tests/integration/test_storage_faults.py
 
 # Regenerates gen/ from proto/ with local tools only.
 gen: $(STAMP)

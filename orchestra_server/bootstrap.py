@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import text
-
 from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
 from orchestra_server.edge.config import REPO_ROOT
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
@@ -192,10 +190,9 @@ class Application:
         """What keeps this process from serving well: the database, the scheduler."""
         problems = []
         try:
-            with self.database.reading() as conn:
-                conn.execute(text("SELECT 1"))
+            self.database.check_writable()
         except Exception:  # any failure means the database cannot serve
-            problems.append("database unreachable")
+            problems.append("database unavailable")
         if self.scheduler is not None and not self.scheduler.healthy:
             problems.append("scheduler not running")
         return problems

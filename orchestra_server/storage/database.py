@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +35,21 @@ POSTGRES_PING_AFTER_IDLE = 5.0
 _RETURNED_AT = "orchestra_returned_at"
 # Beside the database file: the lock all processes' writers queue on.
 SQLITE_WRITER_LOCK_SUFFIX = "-writer.lock"
+# SQLite's primary result codes that mean the storage under the database refuses the write (a
+# read-only or immutable file, an I/O error, a full disk): the database is unavailable, not broken.
+_SQLITE_STORAGE_FAULTS = frozenset({3, 8, 10, 13, 14})  # PERM, READONLY, IOERR, FULL, CANTOPEN
+# The write the health check makes while writes are failing, to see when they work again: it
+# changes no value but is a real write (SQLite appends the page to its log, PostgreSQL a row version).
+_WRITE_PROBE = "UPDATE alembic_version SET version_num = version_num"
+# What lost or refused PostgreSQL connections say; a refused one carries no SQLSTATE (psycopg
+# says only "connection failed: ...").
+_CONNECT_FAILURES = (
+    "connection failed",
+    "connection refused",
+    "could not connect",
+    "server closed",
+    "terminating",
+)
 
 
 class DatabaseNotReady(Exception):
@@ -93,6 +109,37 @@ class WriterQueue:
             self._fd = None
 
 
+class StorageFaults:
+    """Whether the database is refusing writes, and which pooled connections to discard.
+
+    A connection that saw the storage fail is not trusted afterwards: SQLite opens a database it
+    cannot write read-only and keeps it so, and a PostgreSQL connection through an outage may be
+    half-closed. So every connection opened before the latest fault, or before the probe that
+    found writes working again, is closed at its next checkout and a fresh one opened instead.
+    Only a write that changed the file ends the fault: a write transaction that changes nothing
+    commits even on a read-only file.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Wall-clock time, as the pool records when it opened each connection.
+        self._discard_before = 0.0
+        self.failing = False
+
+    def fault(self) -> None:
+        with self._lock:
+            self.failing = True
+            self._discard_before = time.time()
+
+    def recovered(self) -> None:
+        with self._lock:
+            self.failing = False
+            self._discard_before = time.time()
+
+    def stale(self, opened_at: float) -> bool:
+        return opened_at <= self._discard_before
+
+
 @dataclass
 class Database:
     """One engine (a connection pool) and the two kinds of transaction the services use."""
@@ -100,6 +147,10 @@ class Database:
     engine: Engine
     # SQLite only: where writers wait for their turn.
     writers: WriterQueue | None = field(default=None)
+    faults: StorageFaults = field(default_factory=StorageFaults)
+
+    def __post_init__(self) -> None:
+        _discard_stale_connections(self.engine, self.faults)
 
     @property
     def is_postgres(self) -> bool:
@@ -108,7 +159,7 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A read-only transaction."""
-        with _translate_outage(), self.engine.connect() as conn, conn.begin():
+        with _translate_outage(self.faults), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -120,10 +171,21 @@ class Database:
         On PostgreSQL callers lock the rows they change (SELECT ... FOR UPDATE).
         """
         turn = self.writers.turn() if self.writers is not None else nullcontext()
-        with turn, _translate_outage(), self.engine.connect() as conn:
+        with turn, _translate_outage(self.faults), self.engine.connect() as conn:
             conn = conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
+
+    def check_writable(self) -> None:
+        """Raises Unavailable when the database cannot serve: while writes have been failing,
+        by trying one; otherwise by reading."""
+        if self.faults.failing:
+            with self.writing() as conn:
+                conn.exec_driver_sql(_WRITE_PROBE)
+            self.faults.recovered()
+        else:
+            with self.reading() as conn:
+                conn.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -132,18 +194,43 @@ class Database:
 
 
 @contextmanager
-def _translate_outage() -> Iterator[None]:
+def _translate_outage(faults: StorageFaults) -> Iterator[None]:
     try:
         yield
     except (OperationalError, DbInterfaceError) as exc:
-        if exc.connection_invalidated or _is_connect_failure(exc):
+        if exc.connection_invalidated or _is_connect_failure(exc) or _is_storage_fault(exc):
+            faults.fault()
+            raise Unavailable("database unavailable") from exc
+        raise
+    except sqlite3.OperationalError as exc:
+        # Unwrapped: raised by the BEGIN the begin event runs on the driver's own connection.
+        if _is_storage_fault(exc):
+            faults.fault()
             raise Unavailable("database unavailable") from exc
         raise
 
 
+def _is_storage_fault(exc: Exception) -> bool:
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_STORAGE_FAULTS
+
+
+def _discard_stale_connections(engine: Engine, faults: StorageFaults) -> None:
+    @event.listens_for(engine, "checkout")
+    def on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if faults.stale(record.starttime):
+            # The pool closes this one and opens a fresh connection in its place.
+            raise DisconnectionError("opened before a storage fault")
+
+
 def _is_connect_failure(exc: Exception) -> bool:
+    # PostgreSQL's classes for a lost or refused connection (08), no resources left (53: too many
+    # connections, disk full) and a server shutting down or starting (57P01-57P03).
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    if sqlstate.startswith(("08", "53", "57P0")):
+        return True
     text = str(getattr(exc, "orig", exc)).lower()
-    return any(s in text for s in ("connection refused", "could not connect", "server closed", "terminating"))
+    return any(s in text for s in _CONNECT_FAILURES)
 
 
 def open_database(

@@ -114,6 +114,7 @@ def create_server(
 
 
 HEALTH_CHECK_SECONDS = 2.0
+HEALTH_RECHECK_SECONDS = 0.5
 # Once the process is exiting, its call threads have this long to end: a call still hung after the
 # grace period (its thread cannot be stopped, and Python waits for it at exit) does not keep the
 # process alive.
@@ -125,7 +126,8 @@ def _watch_health(
 ) -> None:
     """Reports NOT_SERVING while the database or the scheduler is down, so the edge routes elsewhere."""
     serving = True
-    while not stop.wait(HEALTH_CHECK_SECONDS):
+    # Checked more often while not serving, so the edge routes here again soon after a recovery.
+    while not stop.wait(HEALTH_CHECK_SECONDS if serving else HEALTH_RECHECK_SECONDS):
         problems = health_problems()
         if serving == (not problems):
             continue
