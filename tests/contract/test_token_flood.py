@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -27,9 +28,11 @@ FLOOD_SECONDS = float(os.environ.get("ORCHESTRA_FLOOD_SECONDS", "10"))
 FLOOD_CONNECTIONS = int(os.environ.get("ORCHESTRA_FLOOD_CONNECTIONS", "100"))
 pytestmark = pytest.mark.timeout(FLOOD_SECONDS + 120)
 # The targets under the flood: another tenant's p99 and a fresh consumer's first token.
-# On an idle 2-core machine they hold (README, Security); the suite runs on machines shared
-# with other work, so the assertion allows ten times the p99 and twice the token time: still
-# far below the seconds (and refused calls) the flood caused when checks held RPC threads.
+# They hold on a quiet 2-core machine (README, Security); the suite runs on machines shared
+# with other work, so the assertion allows ten times the p99 and twice the token time, or
+# three times what the same machine measured a moment before without the flood if that is
+# more: still far below the seconds (and refused calls) the flood caused when checks held
+# RPC threads.
 TARGET_P99_SECONDS = 0.050
 TARGET_TOKEN_SECONDS = 1.0
 ASSERTED_P99_SECONDS = 10 * TARGET_P99_SECONDS
@@ -51,6 +54,18 @@ def test_a_wrong_secret_flood_does_not_starve_other_tenants(
     edge: EnvoyProcess, http: httpx.Client, cli: Cli, globex: Consumer
 ) -> None:
     fresh = json.loads(cli("consumer", "create", "--tenant", TENANT_A, "--json"))
+    # The same measures without the flood, on the same machine a moment before: what the
+    # machine's other work costs, so that the bounds below hold what the flood adds.
+    unflooded = json.loads(cli("consumer", "create", "--tenant", TENANT_A, "--json"))
+    quiet_token = _timed_first_token(edge.rest_url, unflooded["client_id"], unflooded["client_secret"])
+    assert isinstance(quiet_token, float), quiet_token
+    quiet: list[float] = []
+    for _ in range(100):
+        sent = time.perf_counter()
+        assert http.get("/orchestra-api/ping", headers=globex.headers).status_code == 200
+        quiet.append(time.perf_counter() - sent)
+        time.sleep(PING_INTERVAL)
+    quiet_p99 = _p99(quiet)
     port = httpx.URL(edge.rest_url).port
     assert port is not None
     flood = subprocess.Popen(
@@ -93,7 +108,8 @@ def test_a_wrong_secret_flood_does_not_starve_other_tenants(
     report = (
         f"flood {statuses}, {len(latencies)} pings, p50 {p50 * 1000:.1f} ms, "
         f"p99 {p99 * 1000:.1f} ms (target {TARGET_P99_SECONDS * 1000:.0f} ms), ping answers {ping_statuses}, "
-        f"first token {token_seconds} (target {TARGET_TOKEN_SECONDS:.0f} s)"
+        f"first token {token_seconds} (target {TARGET_TOKEN_SECONDS:.0f} s); without the flood "
+        f"p99 {quiet_p99 * 1000:.1f} ms, first token {quiet_token:.2f} s"
     )
     print(report)
     assert still_flooding, report
@@ -103,20 +119,37 @@ def test_a_wrong_secret_flood_does_not_starve_other_tenants(
     assert len(latencies) >= MEASURED_CALLS, report
     assert ping_statuses == {200: len(latencies)}, report
     assert isinstance(token_seconds, float), report
-    assert token_seconds < ASSERTED_TOKEN_SECONDS, report
-    assert p99 < ASSERTED_P99_SECONDS, report
+    assert token_seconds < max(ASSERTED_TOKEN_SECONDS, 3 * quiet_token), report
+    assert p99 < max(ASSERTED_P99_SECONDS, 3 * quiet_p99), report
 
 
 def test_the_edge_limits_token_requests_per_source_address(edge: EnvoyProcess) -> None:
-    # Refused before client authentication (no hash), so they come faster than the refill.
+    # Refused before client authentication (no hash), and sent on several connections at
+    # once, so they come faster than the bucket refills even on a busy machine.
     body = {"grant_type": "password", "client_id": "someone", "client_secret": "nope"}
-    with _client_from(edge.rest_url, "127.0.0.3") as flooding:
-        statuses = [
-            flooding.post("/oauth/token", data=body).status_code for _ in range(TOKEN_BURST_PER_SOURCE + 20)
-        ]
-        assert set(statuses) == {400, 429}, statuses
-        assert statuses[:TOKEN_BURST_PER_SOURCE].count(400) >= TOKEN_BURST_PER_SOURCE - 5, statuses
-        assert_error(flooding.post("/oauth/token", data=body), 429, "rate limit exceeded")
+    refused: list[httpx.Response] = []
+    statuses: list[int] = []
+
+    def send(client: httpx.Client) -> None:
+        for _ in range(TOKEN_BURST_PER_SOURCE):
+            response = client.post("/oauth/token", data=body)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                refused.append(response)
+
+    clients = [_client_from(edge.rest_url, "127.0.0.3") for _ in range(8)]
+    try:
+        senders = [threading.Thread(target=send, args=(client,)) for client in clients]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+    finally:
+        for client in clients:
+            client.close()
+    assert set(statuses) == {400, 429}, statuses
+    assert statuses.count(400) >= TOKEN_BURST_PER_SOURCE, statuses
+    assert_error(refused[0], 429, "rate limit exceeded")
     # Another address has a bucket of its own.
     with _client_from(edge.rest_url, "127.0.0.4") as other:
         assert other.post("/oauth/token", data=body).status_code == 400
