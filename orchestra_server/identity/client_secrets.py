@@ -52,6 +52,12 @@ class ScryptParams:
 DEFAULT_PARAMS = ScryptParams(n=2**15, r=8, p=1)
 
 
+# Failed secrets one client id may present within a window before it is refused for the
+# rest of it: a consumer with a wrong secret learns so at once; a guesser gets 5 a minute.
+FAILURES_ALLOWED = 5
+FAILURE_WINDOW_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class StoredHash:
     """A parsed `scrypt$n$r$p$salt$hash` string."""
@@ -162,8 +168,8 @@ class FailedAttempts:
     def __init__(
         self,
         *,
-        allowed: int = 5,
-        window_seconds: float = 60.0,
+        allowed: int = FAILURES_ALLOWED,
+        window_seconds: float = FAILURE_WINDOW_SECONDS,
         tracked: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from orchestra_server.edge import EnvoyProcess
 from orchestra_server.edge.config import TOKEN_BURST_PER_SOURCE
+from orchestra_server.identity.client_secrets import FAILURES_ALLOWED
 from tests.contract.conftest import TENANT_A, Cli
 from tests.contract.helpers import Consumer, assert_error
 
@@ -153,6 +154,15 @@ def test_the_edge_limits_token_requests_per_source_address(edge: EnvoyProcess) -
     # Another address has a bucket of its own.
     with _client_from(edge.rest_url, "127.0.0.4") as other:
         assert other.post("/oauth/token", data=body).status_code == 400
+
+
+def test_a_guessing_client_id_gets_429_in_the_contract_shape(edge: EnvoyProcess) -> None:
+    body = {"grant_type": "client_credentials", "client_id": "guessed-client", "client_secret": "nope"}
+    with _client_from(edge.rest_url, "127.0.0.5") as guessing:
+        statuses = [guessing.post("/oauth/token", data=body).status_code for _ in range(FAILURES_ALLOWED)]
+        assert statuses == [401] * FAILURES_ALLOWED
+        refused = guessing.post("/oauth/token", data=body)
+    assert_error(refused, 429, "too many failed attempts for this client; retry later")
 
 
 def _client_from(rest_url: str, address: str) -> httpx.Client:
