@@ -29,6 +29,9 @@ soak: $(STAMP)
 		$(BIN)/python -m pytest \
 		tests/integration/test_crash_safety.py tests/contract/test_fuzz.py tests/integration/test_races.py \
 		tests/integration/test_storage_faults.py
+	# The token flood, longer and wider: 300 connections for 60 s, loopback only.
+	ORCHESTRA_FLOOD_SECONDS=60 ORCHESTRA_FLOOD_CONNECTIONS=300 $(BIN)/python -m pytest \
+		tests/contract/test_token_flood.py
 
 # Regenerates gen/ from proto/ with local tools only.
 gen: $(STAMP)

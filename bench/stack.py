@@ -1,7 +1,8 @@
 """The stack under test: gRPC workers (the real ``WorkerPool``) behind the real Envoy edge.
 
 It is wired as ``orchestra up`` wires it, with one difference: the edge's
-per-tenant token bucket is set far above any rate reached here, so the filter
+per-tenant token bucket (and the token route's bucket per source address) is
+set far above any rate reached here, so the filter
 still runs on every request but never refuses one (the default, 200 requests
 per second per tenant, would otherwise be what the benchmark measures).
 Tenants, definitions and consumers are created with the real CLI.
@@ -227,6 +228,8 @@ class Stack:
                 issuer=settings.issuer,
                 audience=settings.audience,
                 tenant_rate_limit=UNLIMITED,
+                # token_issue sends every request from one address.
+                token_source_limit=UNLIMITED,
             ),
             settings.data_dir / "edge",
         )

@@ -48,6 +48,11 @@ JWKS_URI = "http://edge-key-set/.well-known/jwks.json"
 # of this many times one tenant's, so flooding one cannot lock clients out of
 # the other.
 UNAUTHENTICATED_RATE_FACTOR = 10
+# Token requests one source address may send (a bucket of this burst, refilled by this rate
+# every second). A consumer fetches a token per lifetime, not per call; a flood of guesses
+# from one address is refused at the edge instead of costing the service a call each.
+TOKEN_REQUESTS_PER_SOURCE = 20
+TOKEN_BURST_PER_SOURCE = 40
 # A client has this long to send its request headers, and this long to send
 # its whole request, headers and body (408 otherwise).
 REQUEST_HEADERS_TIMEOUT_SECONDS = 10
@@ -94,6 +99,10 @@ class EdgeSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     admin_socket: Path | None = None
     tenant_rate_limit: TenantRateLimit | None = field(default_factory=TenantRateLimit)
+    # Token requests per source address (only with ``tenant_rate_limit``, whose filter counts them).
+    token_source_limit: TenantRateLimit | None = field(
+        default_factory=lambda: TenantRateLimit(TOKEN_REQUESTS_PER_SOURCE, TOKEN_BURST_PER_SOURCE)
+    )
     # Where the template and the Lua source are read from (None: ``envoy/``).
     template_dir: Path | None = None
 
@@ -112,10 +121,9 @@ class EdgeSettings:
             raise ValueError("jwks_cache_seconds must be at least 1")
         if self.max_request_bytes < 1:
             raise ValueError("max_request_bytes must be positive")
-        if self.tenant_rate_limit is not None and (
-            self.tenant_rate_limit.requests_per_second < 1 or self.tenant_rate_limit.burst < 1
-        ):
-            raise ValueError("rate limit values must be positive")
+        for limit in (self.tenant_rate_limit, self.token_source_limit):
+            if limit is not None and (limit.requests_per_second < 1 or limit.burst < 1):
+                raise ValueError("rate limit values must be positive")
 
 
 def edge_dir(override: Path | None = None) -> Path:
@@ -196,8 +204,11 @@ def _rate_limit_filter(limit: TenantRateLimit | None) -> str:
     return "\n".join(indent + line for line in lines)
 
 
-def _route_rate_limit(limit: TenantRateLimit | None, name: str) -> str:
-    """A bucket of the route's own, replacing the filter-wide one on that route."""
+def _route_rate_limit(
+    limit: TenantRateLimit | None, name: str, per_source: TenantRateLimit | None = None
+) -> str:
+    """A bucket of the route's own, replacing the filter-wide one on that route; with
+    ``per_source``, also one bucket per downstream address (the peer, not a forwarded header)."""
     if limit is None:
         return ""
     indent = " " * 16
@@ -217,6 +228,18 @@ def _route_rate_limit(limit: TenantRateLimit | None, name: str) -> str:
         "      default_value: { numerator: 100, denominator: HUNDRED }",
         "      runtime_key: orchestra.tenant_rate_limit.enforced",
     ]
+    if per_source is not None:
+        lines += [
+            "    descriptors:",
+            "    - entries: [{ key: remote_address }]",
+            "      token_bucket:",
+            f"        max_tokens: {per_source.burst}",
+            f"        tokens_per_fill: {per_source.requests_per_second}",
+            "        fill_interval: 1s",
+            "    max_dynamic_descriptors: 10000",
+            "    rate_limits:",
+            "    - actions: [{ remote_address: {} }]",
+        ]
     return "\n".join(indent + line for line in lines)
 
 
@@ -242,7 +265,7 @@ def render_envoy_config(settings: EdgeSettings) -> str:
         max_response_bytes=MAX_REST_RESPONSE_BYTES,
         lua_source=_q(lua_source),
         tenant_rate_limit_filter=_rate_limit_filter(settings.tenant_rate_limit),
-        token_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "token"),
+        token_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "token", settings.token_source_limit),
         jwks_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "jwks"),
         # No client caches the key set longer than the edge does, so the
         # publish lead that covers the edge covers them too.

@@ -52,6 +52,12 @@ class ScryptParams:
 DEFAULT_PARAMS = ScryptParams(n=2**15, r=8, p=1)
 
 
+# Failed secrets one client id may present within a window before it is refused for the
+# rest of it: a consumer with a wrong secret learns so at once; a guesser gets 5 a minute.
+FAILURES_ALLOWED = 5
+FAILURE_WINDOW_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class StoredHash:
     """A parsed `scrypt$n$r$p$salt$hash` string."""
@@ -149,33 +155,97 @@ def dummy_verify(secret: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
     return False
 
 
-class SecretChecks:
-    """The slow secret checks of one process: a bounded number at once, recent successes remembered.
+class FailedAttempts:
+    """Recent failed secret checks per client id, so a guessing client is refused without a hash.
 
-    Each check holds `maxmem` of memory (32 MiB by default) for its whole run, so unbounded
-    concurrent token requests would grow a process without limit; `concurrent` checks run at
-    once and the rest wait their turn, up to `wait_seconds`, then are refused as overload.
+    After `allowed` failures within `window_seconds` of the first one, a client id is refused
+    until that window ends. Unknown and known ids are counted alike, so the refusal tells
+    nothing about which exist. At most `tracked` ids are remembered (the least recently failed
+    are forgotten first), so a flood of made-up ids costs bounded memory; such a flood is held
+    back by the bounded queue of SecretChecks instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed: int = FAILURES_ALLOWED,
+        window_seconds: float = FAILURE_WINDOW_SECONDS,
+        tracked: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._allowed = allowed
+        self._window = window_seconds
+        self._capacity = tracked
+        self._clock = clock
+        # client id -> (end of its window, failures in it)
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def refused(self, client_id: str) -> bool:
+        with self._lock:
+            entry = self._failures.get(client_id)
+            if entry is None:
+                return False
+            ends, count = entry
+            if ends <= self._clock():
+                del self._failures[client_id]
+                return False
+            return count >= self._allowed
+
+    def record_failure(self, client_id: str) -> None:
+        with self._lock:
+            now = self._clock()
+            ends, count = self._failures.get(client_id, (0.0, 0))
+            if ends <= now:
+                ends, count = now + self._window, 0
+            self._failures[client_id] = (ends, count + 1)
+            self._failures.move_to_end(client_id)
+            while len(self._failures) > self._capacity:
+                self._failures.popitem(last=False)
+
+    def forget(self, client_id: str) -> None:
+        with self._lock:
+            self._failures.pop(client_id, None)
+
+
+class SecretChecks:
+    """The slow secret checks of one process: a few at once, a short queue, guessing throttled.
+
+    Each check holds `maxmem` of memory (32 MiB by default) and a CPU for its whole run, and
+    the caller's RPC thread while it waits: `concurrent` checks run at once, at most `queue`
+    more wait (each at most `wait_seconds`), and any further one is refused as overload at
+    once, so a flood of token requests never holds more than `concurrent + queue` of the
+    threads every other call needs. One client id has at most one check admitted at a time,
+    so a flood naming one client leaves the queue to the others. A client id with too many
+    recent failures (see FailedAttempts) is refused as overload before any hash.
     A secret that matched is remembered for `remember_seconds` under a keyed hash of the
     client, the stored hash and the presented secret, so a consumer fetching tokens again
-    skips the slow hash; changing the secret changes the stored hash and forgets it. Only a
-    check the caller marks `may_remember` (one that would grant a token) is answered from
-    memory: every refusal still costs one full hash.
+    skips the slow hash (and the guessing throttle: a known-good secret costs nothing);
+    changing the secret changes the stored hash and forgets it. Only a check the caller marks
+    `may_remember` (one that would grant a token) is answered from memory: every other
+    refusal costs one full hash.
     """
 
     def __init__(
         self,
         *,
         concurrent: int = 1,
-        wait_seconds: float = 5.0,
+        queue: int = 2,
+        wait_seconds: float = 1.0,
         remember: int = 4096,
         remember_seconds: float = 300.0,
+        failures: FailedAttempts | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._slots = threading.BoundedSemaphore(concurrent)
+        self._admitted = 0
+        self._checking: set[str] = set()
+        self._admit_limit = concurrent + queue
         self._wait = wait_seconds
         self._capacity = remember
         self._ttl = remember_seconds
         self._clock = clock
+        self._failures = failures or FailedAttempts(clock=clock)
         self._key = secrets.token_bytes(32)
         self._matched: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
@@ -184,24 +254,49 @@ class SecretChecks:
         key = self._fingerprint(client_id, secret, stored) if may_remember else None
         if key is not None and self._recall(key):
             return True
-        with self._slot():
+        self._refuse_if_guessing(client_id)
+        with self._slot(client_id):
             matched = verify_secret(secret, stored)
-        if matched and key is not None:
-            self._store(key)
+        if matched:
+            self._failures.forget(client_id)
+            if key is not None:
+                self._store(key)
+        else:
+            self._failures.record_failure(client_id)
         return matched
 
-    def dummy(self, secret: str, params: ScryptParams) -> bool:
-        with self._slot():
-            return dummy_verify(secret, params)
+    def dummy(self, client_id: str, secret: str, params: ScryptParams) -> bool:
+        """A refusal that costs what a real check costs: an unknown client id looks like a known one."""
+        self._refuse_if_guessing(client_id)
+        with self._slot(client_id):
+            dummy_verify(secret, params)
+        self._failures.record_failure(client_id)
+        return False
+
+    def _refuse_if_guessing(self, client_id: str) -> None:
+        if self._failures.refused(client_id):
+            raise Overloaded("too many failed attempts for this client; retry later")
 
     @contextmanager
-    def _slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self._wait):
-            raise Overloaded("too many token requests at once; retry later")
+    def _slot(self, client_id: str) -> Iterator[None]:
+        with self._lock:
+            # One check per client id at a time: a flood naming one client cannot take the
+            # whole queue from the others.
+            if self._admitted >= self._admit_limit or client_id in self._checking:
+                raise Overloaded("too many token requests at once; retry later")
+            self._admitted += 1
+            self._checking.add(client_id)
         try:
-            yield
+            if not self._slots.acquire(timeout=self._wait):
+                raise Overloaded("too many token requests at once; retry later")
+            try:
+                yield
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            with self._lock:
+                self._admitted -= 1
+                self._checking.discard(client_id)
 
     def _fingerprint(self, client_id: str, secret: str, stored: str) -> bytes:
         message = "\x00".join((client_id, stored, secret)).encode("utf-8", "surrogatepass")

@@ -74,14 +74,14 @@ class _Validator(RequestValidator):  # type: ignore[misc]
             if body_id is None or body_secret is None:
                 # No client authentication at all is `invalid_client` (RFC 6749 section 5.2),
                 # at the price of one hash like every other refusal.
-                self._checks.dummy(body_secret or "", self._hash_params)
+                self._checks.dummy(body_id or "", body_secret or "", self._hash_params)
                 return False
             client_id, secret = body_id, body_secret
         if "\x00" in client_id or "\x00" in secret:
             raise oauth_errors.InvalidRequestError(request=request)
         consumer = self._directory.find_consumer(client_id)
         if consumer is None:
-            return self._checks.dummy(secret, self._hash_params)
+            return self._checks.dummy(client_id, secret, self._hash_params)
         refused = (
             consumer.client_id != client_id
             or consumer.revoked

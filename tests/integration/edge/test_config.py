@@ -58,6 +58,7 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
         max_request_bytes=12345,
         admin_socket=tmp_path / "admin.sock",
         tenant_rate_limit=TenantRateLimit(requests_per_second=7, burst=9),
+        token_source_limit=TenantRateLimit(requests_per_second=3, burst=5),
     )
     path = _write(tmp_path, settings)
     validate_config(path)
@@ -77,6 +78,10 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
         "stat_prefix: token_rate_limit",
         "stat_prefix: jwks_rate_limit",
         "tokens_per_fill: 70",
+        # The token route's bucket per source address.
+        "- actions: [{ remote_address: {} }]",
+        "tokens_per_fill: 3",
+        "max_tokens: 5",
         '"public, max-age=45"',
         # The edge fetches its JWKS from its internal listener, never
         # through the public one and its budgets.
@@ -117,6 +122,7 @@ def test_templates_come_from_the_override_directory(tmp_path: Path) -> None:
         {"max_request_bytes": 0},
         {"admin_socket": Path("/tmp") / ("s" * 120)},
         {"tenant_rate_limit": TenantRateLimit(requests_per_second=0)},
+        {"token_source_limit": TenantRateLimit(burst=0)},
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:

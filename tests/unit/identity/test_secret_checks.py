@@ -11,7 +11,7 @@ import pytest
 from orchestra_server import errors
 from orchestra_server.identity import client_secrets
 from orchestra_server.identity.access_tokens import AccessTokenIssuer
-from orchestra_server.identity.client_secrets import SecretChecks, hash_secret
+from orchestra_server.identity.client_secrets import FailedAttempts, SecretChecks, hash_secret
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 
 from .conftest import FAST, NOW, FakeDirectory
@@ -51,8 +51,8 @@ class Counted:
         return counted
 
 
-def _grant(secret: str = SECRET) -> bytes:
-    return f"grant_type=client_credentials&client_id={CLIENT}&client_secret={secret}".encode()
+def _grant(secret: str = SECRET, client: str = CLIENT) -> bytes:
+    return f"grant_type=client_credentials&client_id={client}&client_secret={secret}".encode()
 
 
 def _endpoint(directory: FakeDirectory, issuer: AccessTokenIssuer, checks: SecretChecks) -> TokenEndpoint:
@@ -125,13 +125,14 @@ def test_only_the_allowed_number_of_hashes_run_at_once(
     directory: FakeDirectory, issuer: AccessTokenIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counted = Counted(monkeypatch, pause=0.02)
-    endpoint = _endpoint(directory, issuer, SecretChecks(concurrent=2))
+    # A queue long enough for all eight, each naming another (unknown) client.
+    endpoint = _endpoint(directory, issuer, SecretChecks(concurrent=2, queue=6))
     statuses: list[int] = []
 
-    def request(secret: str) -> None:
-        statuses.append(endpoint.handle(_grant(secret), FORM, None, NOW).status)
+    def request(client: str) -> None:
+        statuses.append(endpoint.handle(_grant("wrong", client), FORM, None, NOW).status)
 
-    threads = [threading.Thread(target=request, args=(f"wrong-{i}",)) for i in range(8)]
+    threads = [threading.Thread(target=request, args=(f"client-{i}",)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -146,7 +147,7 @@ def test_a_request_that_waits_too_long_for_a_hash_is_refused_as_overload(
 ) -> None:
     Counted(monkeypatch, pause=0.5)
     endpoint = _endpoint(directory, issuer, SecretChecks(concurrent=1, wait_seconds=0.05))
-    busy = threading.Thread(target=endpoint.handle, args=(_grant("wrong"), FORM, None, NOW))
+    busy = threading.Thread(target=endpoint.handle, args=(_grant("wrong", "someone-else"), FORM, None, NOW))
     busy.start()
     time.sleep(0.1)
     try:
@@ -154,3 +155,94 @@ def test_a_request_that_waits_too_long_for_a_hash_is_refused_as_overload(
             endpoint.handle(_grant(), FORM, None, NOW)
     finally:
         busy.join()
+
+
+def _busy(endpoint: TokenEndpoint, *clients: str) -> list[threading.Thread]:
+    threads = [
+        threading.Thread(target=endpoint.handle, args=(_grant("wrong", client), FORM, None, NOW))
+        for client in clients
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    return threads
+
+
+def test_a_full_queue_is_refused_at_once_not_after_the_wait(
+    directory: FakeDirectory, issuer: AccessTokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One running, one waiting: a third caller must not hold its thread for the wait.
+    Counted(monkeypatch, pause=0.5)
+    endpoint = _endpoint(directory, issuer, SecretChecks(concurrent=1, queue=1, wait_seconds=5.0))
+    threads = _busy(endpoint, "first", "second")
+    try:
+        began = time.monotonic()
+        with pytest.raises(errors.Overloaded):
+            endpoint.handle(_grant(), FORM, None, NOW)
+        assert time.monotonic() - began < 0.1
+    finally:
+        for thread in threads:
+            thread.join()
+
+
+def test_one_client_id_has_one_check_at_a_time(
+    directory: FakeDirectory, issuer: AccessTokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = Counted(monkeypatch, pause=0.3)
+    endpoint = _endpoint(directory, issuer, SecretChecks(concurrent=1, queue=8, wait_seconds=5.0))
+    threads = _busy(endpoint, CLIENT)
+    try:
+        with pytest.raises(errors.Overloaded):
+            endpoint.handle(_grant(), FORM, None, NOW)
+        # Another client still gets its turn behind the running check.
+        assert endpoint.handle(_grant("wrong", "another"), FORM, None, NOW).status == 401
+    finally:
+        for thread in threads:
+            thread.join()
+    assert counted.runs == 2
+
+
+@pytest.mark.parametrize("client", [CLIENT, "no-such-client"])
+def test_a_guessing_client_id_is_refused_without_a_hash(
+    client: str, directory: FakeDirectory, issuer: AccessTokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = Counted(monkeypatch)
+    now = [0.0]
+    failures = FailedAttempts(allowed=3, window_seconds=60, clock=lambda: now[0])
+    endpoint = _endpoint(directory, issuer, SecretChecks(failures=failures, clock=lambda: now[0]))
+    assert [endpoint.handle(_grant("wrong", client), FORM, None, NOW).status for _ in range(3)] == [401] * 3
+    # Known and unknown ids alike: the refusal tells nothing about which exist.
+    with pytest.raises(errors.Overloaded, match="too many failed attempts"):
+        endpoint.handle(_grant("wrong", client), FORM, None, NOW)
+    assert counted.runs == 3
+    # Other clients are not affected.
+    assert endpoint.handle(_grant("wrong", "another"), FORM, None, NOW).status == 401
+    now[0] = 60.0
+    assert endpoint.handle(_grant("wrong", client), FORM, None, NOW).status == 401
+    assert counted.runs == 5
+
+
+def test_a_remembered_secret_passes_while_its_client_id_is_throttled(
+    directory: FakeDirectory, issuer: AccessTokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = Counted(monkeypatch)
+    failures = FailedAttempts(allowed=2)
+    endpoint = _endpoint(directory, issuer, SecretChecks(failures=failures))
+    assert endpoint.handle(_grant(), FORM, None, NOW).status == 200
+    for _ in range(2):
+        assert endpoint.handle(_grant("wrong"), FORM, None, NOW).status == 401
+    with pytest.raises(errors.Overloaded):
+        endpoint.handle(_grant("wrong"), FORM, None, NOW)
+    # The consumer that holds the right secret costs no hash, so guessing cannot lock it out.
+    assert endpoint.handle(_grant(), FORM, None, NOW).status == 200
+    assert counted.runs == 3
+
+
+def test_failed_attempts_remember_a_bounded_number_of_client_ids() -> None:
+    failures = FailedAttempts(allowed=1, tracked=3)
+    for client in ("a", "b", "c", "d"):
+        failures.record_failure(client)
+    # The least recently failed is forgotten first.
+    assert [failures.refused(client) for client in ("a", "b", "c", "d")] == [False, True, True, True]
+    failures.forget("b")
+    assert not failures.refused("b")
