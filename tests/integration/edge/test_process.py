@@ -64,7 +64,10 @@ def _listening_ports(pid: int | None) -> set[int]:
     """TCP ports in LISTEN state owned by the process ``pid``."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed since the listing (Envoy's own short-lived descriptors)
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     ports = set()
