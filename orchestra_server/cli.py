@@ -68,11 +68,14 @@ def operator(tenant: str) -> Caller:
 
 
 def plain(value: Any) -> Any:
-    """A view as JSON-ready values: dataclasses as objects, tuples as lists, times in RFC 3339."""
+    """A view as JSON-ready values: dataclasses and named tuples as objects, other tuples as
+    lists, times in RFC 3339."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return {name: plain(getattr(value, name)) for name in value._fields}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if isinstance(value, dict):

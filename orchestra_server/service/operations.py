@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from orchestra_server.engine import engine
 from orchestra_server.engine.definition import to_data
@@ -227,8 +227,9 @@ class Page(Generic[T]):
     next_page_token: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceOverviewView:
+# The items of paged lists are named tuples: as immutable as a frozen dataclass, but built in
+# a third of the time, and a page holds up to 1,000 of them.
+class InstanceOverviewView(NamedTuple):
     id: str
     definition_id: str
     definition_version: int
@@ -263,8 +264,7 @@ class InstanceDetailView:
     tokens: tuple[TokenDetailView, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntryView:
+class HistoryEntryView(NamedTuple):
     at: datetime
     actor: str
     action: str
@@ -277,8 +277,7 @@ class HistoryEntryView:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class IncidentView:
+class IncidentView(NamedTuple):
     instance_id: str
     definition_id: str
     definition_version: int

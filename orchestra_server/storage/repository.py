@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
@@ -275,8 +275,7 @@ def _search_sql(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceOverview:
+class InstanceOverview(NamedTuple):
     seq: int
     id: str
     definition_id: str
@@ -288,8 +287,7 @@ class InstanceOverview:
     open_incidents: int
 
 
-@dataclass(frozen=True, slots=True)
-class IncidentRow:
+class IncidentRow(NamedTuple):
     token_id: str
     node_id: str
     kind: str
@@ -300,8 +298,7 @@ class IncidentRow:
     definition_version: int
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
+class AuditEntry(NamedTuple):
     seq: int
     at: datetime
     actor: str

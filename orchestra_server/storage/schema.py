@@ -40,6 +40,8 @@ def to_utc(value: datetime) -> datetime:
 
 def stored_to_utc(value: datetime) -> datetime:
     """A datetime read back from storage, in UTC: naive ones were stored as UTC."""
+    if value.tzinfo is UTC:
+        return value
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

@@ -20,6 +20,7 @@ from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.service.processes import ProcessService, TokenView
 from orchestra_server.transport.errors import HTTP_STATUS_METADATA
 from orchestra_server.transport.guard import current_caller, metadata_value
+from orchestra_server.transport.timestamps import set_timestamp
 from orchestra_server.wire import values
 
 IDEMPOTENCY_METADATA = "idempotency-key"
@@ -72,8 +73,8 @@ class OrchestraServicer(pb_grpc.OrchestraServiceServicer):
             tokens=[_token(t) for t in view.tokens],
             definition_version=view.definition_version,
         )
-        instance.started_at.FromDatetime(view.started_at)
-        instance.updated_at.FromDatetime(view.updated_at)
+        set_timestamp(instance.started_at, view.started_at)
+        set_timestamp(instance.updated_at, view.updated_at)
         return pb.GetInstanceResponse(instance=instance)
 
     def SignalToken(
@@ -115,7 +116,7 @@ def _token(view: TokenView) -> pb.Token:
     if view.incident_reason is not None:
         token.incident_reason = view.incident_reason
     if view.since is not None:
-        token.since.FromDatetime(view.since)
+        set_timestamp(token.since, view.since)
     return token
 
 
