@@ -41,9 +41,21 @@ DESCRIPTIONS = {
     "search_incident": "SearchInstances (100) with `has_incident=true` (1 instance in 100 has one),"
     " as an operator",
     "list_incidents": "ListIncidents first page (100), oldest first, as an operator",
+    "search_incident_20": "as search_incident, a page of 20 (a screen of the console)",
+    "list_incidents_20": "as list_incidents, a page of 20 (a screen of the console)",
 }
-# The operations API's reads, through REST as a consumer with `operate orchestra`.
-OPERATIONS = ("search_variable", "search_incident", "list_incidents")
+# The operations API's reads through REST as a consumer with `operate orchestra`: each one's
+# path under OPS ({} is a key from the search file) and the list its answer carries. The
+# incident reads cost per item (mostly the edge's JSON transcoding), so they run at the
+# default page of 100 and at a screen's 20.
+OPERATION_PATHS = {
+    "search_variable": ("instances?page_size=100&variable={}", "instances"),
+    "search_incident": ("instances?has_incident=true&page_size=100", "instances"),
+    "list_incidents": ("incidents?page_size=100", "incidents"),
+    "search_incident_20": ("instances?has_incident=true&page_size=20", "instances"),
+    "list_incidents_20": ("incidents?page_size=20", "incidents"),
+}
+OPERATIONS = tuple(OPERATION_PATHS)
 # The variable every seeded instance of the grown tenant carries with its own id as value.
 KEY_VARIABLE = "reference"
 OPS = "/orchestra-ops/v1/"
@@ -216,29 +228,21 @@ class Runner:
                 )
             if scenario == "search_variable":
                 ids = self.pools.file(f"filters-{tenant}", self.pools.filters[tenant])
+                path = OPS + OPERATION_PATHS[scenario][0]
                 return run_wrk(
                     scenario,
                     url,
                     cycle,
-                    ["GET", OPS + "instances?page_size=100&variable={}", token, str(ids), "cycle", "1"],
+                    ["GET", path, token, str(ids), "cycle", "1"],
                     duration=duration,
                     connections=c,
                 )
-            if scenario == "search_incident":
+            if scenario in OPERATION_PATHS:
                 return run_wrk(
                     scenario,
                     url,
                     static,
-                    ["GET", OPS + "instances?has_incident=true&page_size=100", token],
-                    duration=duration,
-                    connections=c,
-                )
-            if scenario == "list_incidents":
-                return run_wrk(
-                    scenario,
-                    url,
-                    static,
-                    ["GET", OPS + "incidents?page_size=100", token],
+                    ["GET", OPS + OPERATION_PATHS[scenario][0], token],
                     duration=duration,
                     connections=c,
                 )
@@ -364,11 +368,8 @@ def check_operations(stack: Stack, pools: Pools, tenant: str) -> dict[str, int]:
     statuses, and an empty answer would be fast for the wrong reason. Returns the item counts."""
     token = stack.token(operator_key(tenant))
     counts: dict[str, int] = {}
-    for scenario, path, key in (
-        ("search_variable", f"instances?page_size=100&variable={pools.filters[tenant][0]}", "instances"),
-        ("search_incident", "instances?has_incident=true&page_size=100", "instances"),
-        ("list_incidents", "incidents?page_size=100", "incidents"),
-    ):
+    for scenario, (path, key) in OPERATION_PATHS.items():
+        path = path.format(pools.filters[tenant][0])
         status, body = stack.http("GET", OPS + path, token)
         if status != 200:
             raise RuntimeError(f"{scenario}: {status} {body[:300]!r}")
