@@ -110,7 +110,10 @@ def create_server(
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer
