@@ -11,6 +11,7 @@ import yaml
 from orchestra_server.edge import (
     EdgeConfigError,
     EdgeSettings,
+    EnvoyProcess,
     TenantRateLimit,
     Upstream,
     render_envoy_config,
@@ -235,3 +236,31 @@ def test_the_rest_listener_never_shares_its_port(tmp_path: Path) -> None:
     listeners = yaml.safe_load(_write(tmp_path, settings).read_text(encoding="utf-8"))["static_resources"]
     rest = next(item for item in listeners["listeners"] if item["name"] == "rest")
     assert rest["enable_reuse_port"] is False
+
+
+def test_the_edge_process_keeps_the_tenant_limits_it_was_given_across_a_restart(tmp_path: Path) -> None:
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    edge = EnvoyProcess(settings, tmp_path, tenant_limits={"acme": TenantRateLimit(3, 5)})
+    written = edge.limits_dir / TENANT_LIMITS_FILE
+    edge.write_config()
+    assert '"acme"' in written.read_text(encoding="utf-8")
+    assert edge.set_tenant_limits({"globex": TenantRateLimit.OFF})
+    assert not edge.set_tenant_limits({"globex": TenantRateLimit.OFF})
+    text = written.read_text(encoding="utf-8")
+    assert '"globex"' in text
+    assert '"acme"' not in text
+    # What a restart writes (start() writes the configuration again) are the limits last set.
+    edge.write_config()
+    assert written.read_text(encoding="utf-8") == text
+    assert edge.tenant_limits == {"globex": TenantRateLimit.OFF}
+    # Only the file: no scratch copy is left beside it.
+    assert sorted(p.name for p in edge.limits_dir.iterdir()) == [TENANT_LIMITS_FILE]
+
+
+def test_an_edge_without_rate_limits_writes_no_limits_file(tmp_path: Path) -> None:
+    settings = EdgeSettings(
+        rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),), tenant_rate_limit=None
+    )
+    edge = EnvoyProcess(settings, tmp_path, tenant_limits={"acme": TenantRateLimit(3, 5)})
+    validate_config(edge.write_config())
+    assert not (edge.limits_dir / TENANT_LIMITS_FILE).exists()
