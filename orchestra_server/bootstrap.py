@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +32,7 @@ from orchestra_server.settings import Settings
 from orchestra_server.storage.database import Database, open_database
 from orchestra_server.storage.migrate import current_revision, require_current, upgrade
 from orchestra_server.transport.server import ServerDependencies
+from orchestra_server.wire.rate_limits import TenantRateLimit
 
 # The example definitions `orchestra up --demo` deploys.
 EXAMPLES = REPO_ROOT / "examples"
@@ -285,10 +286,12 @@ def build_edge(
     upstreams: Sequence[tuple[str, int]],
     *,
     admin: bool = False,
+    tenant_limits: Mapping[str, TenantRateLimit] | None = None,
 ) -> EnvoyProcess:
     """The REST edge in front of the workers at `upstreams` (host, port), not yet started.
 
-    With `admin` its admin interface listens on a unix socket only the owner may open.
+    Every tenant gets `settings.tenant_rate_limit` but those in `tenant_limits`, which get their
+    own. With `admin` its admin interface listens on a unix socket only the owner may open.
     """
     return EnvoyProcess(
         EdgeSettings(
@@ -299,6 +302,25 @@ def build_edge(
             audience=settings.audience,
             template_dir=settings.edge_dir,
             admin_socket=settings.data_dir / "edge" / "admin.sock" if admin else None,
+            tenant_rate_limit=settings.tenant_rate_limit,
         ),
         settings.data_dir / "edge",
+        tenant_limits=tenant_limits,
     )
+
+
+# The stored tenant limits are read on a connection or two of their own, every few seconds.
+_LIMIT_READER_POOL = 2
+
+
+@contextmanager
+def stored_tenant_limits(settings: Settings) -> Iterator[Callable[[], dict[str, TenantRateLimit]]]:
+    """A function reading the tenants' own rate limits from the database, for the supervisor
+    that keeps the edge's copy current; the database is closed when the block ends."""
+    database = open_database(
+        settings.database_url, pool_size=_LIMIT_READER_POOL, sqlite_synchronous=settings.sqlite_synchronous
+    )
+    try:
+        yield DirectoryService(database, clock=utc_now).tenant_rate_limits
+    finally:
+        database.dispose()

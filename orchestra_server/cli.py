@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from orchestra_server.service.processes import Caller
 from orchestra_server.settings import ENVIRONMENT, MAX_GRACE_PERIOD, Settings, SettingsError
 from orchestra_server.storage.database import DatabaseNotReady
 from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
+from orchestra_server.wire.rate_limits import TEXT_FORM, TenantRateLimit, parse_rate_limit
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = Settings()
@@ -43,6 +45,18 @@ def _help(text: str, setting: str, default: object = None) -> str:
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def rate_limit_value(
+    _context: click.Context, _param: click.Parameter, value: str | None
+) -> TenantRateLimit | None:
+    """An option's or argument's `RPS[:BURST]` as a limit; a usage error says what is wrong."""
+    if value is None:
+        return None
+    try:
+        return parse_rate_limit(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 # --- operator commands: who acts, and how their answers print ------------------------------------
@@ -317,6 +331,8 @@ def main(context: click.Context) -> None:
     default=None,
     help="Fire due timers in this process (default: yes; with SQLite only in the first worker).",
 )
+# Set by `serve --workers N` on its own workers, which share its port; never by hand.
+@click.option("--share-port", is_flag=True, hidden=True)
 @reports_errors
 def serve(
     settings: Settings,
@@ -324,32 +340,59 @@ def serve(
     grpc_port: int,
     workers: int | None,
     scheduler: bool | None,
+    share_port: bool,
 ) -> None:
     """Run the gRPC service alone (for deployments with their own edge)."""
     from orchestra_server import runtime
 
     count = workers or runtime.default_workers()
     metric_ports = metrics_ports(settings.metrics_port, count, {grpc_port})
-    if count == 1:
-        runtime.run_worker(
-            settings,
-            f"{grpc_host}:{grpc_port}",
-            scheduler=scheduler is not False,
-            metrics_address=None if metric_ports[0] is None else (settings.metrics_host, metric_ports[0]),
+    try:
+        if not share_port:
+            _check_ports(grpc_host, [grpc_port], settings, metric_ports)
+        if count == 1:
+            runtime.run_worker(
+                settings,
+                f"{grpc_host}:{grpc_port}",
+                scheduler=scheduler is not False,
+                metrics_address=None if metric_ports[0] is None else (settings.metrics_host, metric_ports[0]),
+                share_port=share_port,
+            )
+            return
+        if grpc_port == 0:
+            raise click.UsageError("--workers above 1 needs a fixed --grpc-port (they share it)")
+        prepare_storage(settings)  # migrate once, before the workers start
+        specs = runtime.worker_specs(
+            settings, grpc_host, [grpc_port] * count, metric_ports, scheduler=scheduler is not False
         )
-        return
-    if grpc_port == 0:
-        raise click.UsageError("--workers above 1 needs a fixed --grpc-port (they share it)")
-    prepare_storage(settings)  # migrate once, before the workers start
-    specs = runtime.worker_specs(
-        settings, grpc_host, [grpc_port] * count, metric_ports, scheduler=scheduler is not False
-    )
-    with runtime.running_pool(settings, specs) as (pool, stop):
-        click.echo(f"gRPC: {grpc_host}:{grpc_port} ({count} workers)")
-        try:
-            pool.supervise(stop)
-        except runtime.SupervisionFailed as exc:
-            fail(str(exc))
+        with runtime.running_pool(settings, specs) as (pool, stop):
+            click.echo(f"gRPC: {grpc_host}:{grpc_port} ({count} workers)")
+            try:
+                pool.supervise(stop)
+            except runtime.SupervisionFailed as exc:
+                fail(str(exc))
+    except runtime.StartFailed as exc:
+        fail(str(exc))
+
+
+def _check_ports(
+    grpc_host: str,
+    grpc_ports: Sequence[int],
+    settings: Settings,
+    metric_ports: Sequence[int | None],
+    rest: tuple[str, int] | None = None,
+) -> None:
+    """StartFailed, naming the port, when another program holds one this command listens on."""
+    from orchestra_server import runtime
+
+    if rest is not None:
+        runtime.check_port_free(*rest, "REST edge")
+    for port in dict.fromkeys(grpc_ports):
+        if port:
+            runtime.check_port_free(grpc_host, port, "gRPC worker")
+    for metrics_port in metric_ports:
+        if metrics_port:
+            runtime.check_port_free(settings.metrics_host, metrics_port, "metrics")
 
 
 @main.command()
@@ -364,6 +407,18 @@ def serve(
     is_flag=True,
     help="Open the edge's admin interface on <data-dir>/edge/admin.sock (owner only; off by default).",
 )
+@click.option(
+    "--tenant-rate-limit",
+    callback=rate_limit_value,
+    metavar=TEXT_FORM,
+    default=None,
+    help=_help(
+        "Requests per second the edge lets each tenant send, and the burst it allows (default: twice "
+        "RPS); 0 turns it off. A tenant's own limit (`orchestra tenant set-limit`) takes its place.",
+        "tenant_rate_limit",
+        DEFAULTS.tenant_rate_limit,
+    ),
+)
 @reports_errors
 def up(
     settings: Settings,
@@ -374,30 +429,50 @@ def up(
     workers: int | None,
     demo: bool,
     edge_admin: bool,
+    tenant_rate_limit: TenantRateLimit | None,
 ) -> None:
     """Run the service and the REST edge together until Ctrl-C or SIGTERM."""
     from orchestra_server import runtime
+    from orchestra_server.bootstrap import stored_tenant_limits
+    from orchestra_server.edge import EdgeError
 
+    settings = settings.given(tenant_rate_limit=tenant_rate_limit)
     if grpc_port == 0:
         raise click.UsageError("--grpc-port must be a fixed port: the edge is configured with it")
     count = workers or runtime.default_workers()
     grpc_ports = [grpc_port + i for i in range(count)]
     if grpc_ports[-1] > 65535:
         raise click.UsageError(f"--grpc-port {grpc_port} leaves no room for {count} workers")
+    if http_port in grpc_ports:
+        raise click.UsageError(f"--http-port {http_port} is one of the gRPC ports")
     metric_ports = metrics_ports(settings.metrics_port, count, {*grpc_ports, http_port})
+    try:
+        _check_ports(grpc_host, grpc_ports, settings, metric_ports, rest=(http_host, http_port))
+    except runtime.StartFailed as exc:
+        fail(str(exc))
     fresh = prepare_storage(settings)
     specs = runtime.worker_specs(settings, grpc_host, grpc_ports, metric_ports)
     try:
-        with runtime.running_pool(settings, specs, log_dir=settings.data_dir / "logs") as (pool, stop):
+        with (
+            stored_tenant_limits(settings) as read_tenant_limits,
+            runtime.running_pool(settings, specs, log_dir=settings.data_dir / "logs") as (pool, stop),
+        ):
             edge = build_edge(
                 settings,
                 http_host,
                 http_port,
                 [(runtime.connect_host(s.host), s.port) for s in specs],
                 admin=edge_admin,
+                tenant_limits=read_tenant_limits(),
             )
+            watching = threading.Event()
             try:
-                edge.start()
+                try:
+                    edge.start()
+                except EdgeError as exc:
+                    reason = str(exc).splitlines()[0].rstrip(":")
+                    fail(f"the REST edge did not start: {reason} (see {edge.log_path})")
+                runtime.follow_tenant_limits(read_tenant_limits, edge.set_tenant_limits, watching)
                 click.echo(f"REST: {edge.rest_url}")
                 click.echo(f"gRPC: {', '.join(f'{grpc_host}:{s.port}' for s in specs)}")
                 if settings.metrics_port:
@@ -414,10 +489,13 @@ def up(
             except runtime.SupervisionFailed as exc:
                 fail(str(exc))
             finally:
+                watching.set()
                 # Workers first: each finishes the calls the edge forwarded to it while the edge,
                 # still up, carries the answers back (and answers new requests 503); then the edge.
                 pool.stop()
                 edge.stop()
+    except runtime.StartFailed as exc:
+        fail(str(exc))
     finally:
         click.echo("stopped")
 
@@ -800,12 +878,48 @@ def tenant_create(settings: Settings, tenant_id: str, label: str | None) -> None
 
 @tenant.command("list")
 @storage_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @reports_errors
-def tenant_list(settings: Settings) -> None:
-    """List tenants."""
+def tenant_list(settings: Settings, as_json: bool) -> None:
+    """List tenants, with the rate limit of those that have their own."""
     with administration(settings, writes=False) as admin:
-        for tenant_id, label, created_at in admin.directory.list_tenants():
-            click.echo(f"{tenant_id}\t{label or ''}\t{created_at.isoformat()}")
+        tenants = admin.directory.list_tenants()
+    if as_json:
+        items = [
+            {
+                "id": t.id,
+                "label": t.label,
+                "created_at": t.created_at.isoformat(),
+                # None: the edge's default (`orchestra up --tenant-rate-limit`).
+                "rate_limit": None if t.rate_limit is None else str(t.rate_limit),
+            }
+            for t in tenants
+        ]
+        click.echo(json.dumps(items, indent=2))
+        return
+    for t in tenants:
+        limit = "rate limit: default" if t.rate_limit is None else f"rate limit: {t.rate_limit.describe()}"
+        click.echo(f"{t.id}\t{t.label or ''}\t{t.created_at.isoformat()}\t{limit}")
+
+
+@tenant.command("set-limit")
+@storage_options
+@click.argument("tenant_id")
+@click.argument("limit", required=False, callback=rate_limit_value, metavar=TEXT_FORM)
+@click.option("--clear", is_flag=True, help="Take the tenant's own limit away: the edge's default applies.")
+@reports_errors
+def tenant_set_limit(settings: Settings, tenant_id: str, limit: TenantRateLimit | None, clear: bool) -> None:
+    """Give a tenant a request rate limit of its own at the edge: RPS requests per second, a burst
+    of BURST (default twice RPS); 0 for no limit. A running `orchestra up` applies it within
+    seconds, without a restart."""
+    if clear == (limit is not None):
+        raise click.UsageError(f"give either {TEXT_FORM} or --clear")
+    with administration(settings, writes=True) as admin:
+        admin.directory.set_tenant_rate_limit(tenant_id, limit)
+    if limit is None:
+        click.echo(f"tenant {tenant_id}: the default rate limit applies")
+    else:
+        click.echo(f"tenant {tenant_id}: rate limit {limit.describe()}")
 
 
 @main.group()

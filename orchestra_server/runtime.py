@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from orchestra_server.bootstrap import build_application
 from orchestra_server.observability.metrics import start_metrics_server
 from orchestra_server.settings import Settings
 from orchestra_server.transport.server import ServerOptions, serve
+from orchestra_server.wire.rate_limits import TenantRateLimit
 
 _log = logging.getLogger("orchestra.runtime")
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -29,6 +32,36 @@ RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 SUPERVISION_POLL_SECONDS = 0.2
 # A stopped worker gets the grace period to finish its calls, and this much more to exit.
 EXIT_MARGIN_SECONDS = 5.0
+# How often `orchestra up` reads the tenants' stored rate limits to hand changes to the edge.
+TENANT_LIMITS_POLL_SECONDS = 2.0
+
+
+class StartFailed(RuntimeError):
+    """A part could not start: a port taken by another program, a worker that exited at once."""
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Raises StartFailed, naming the port, when another program listens on `host`:`port`.
+
+    Checked before anything starts, so a taken port is reported at once; every listener binds
+    without SO_REUSEPORT as well, so none shares a port with a program that starts later.
+    """
+    bare = host.strip("[]") or None
+    try:
+        addresses = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # an address that does not resolve is reported by the bind itself
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            # A connection of an earlier run still in TIME_WAIT does not hold the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartFailed(
+                        f"port {port} ({what}) on {host or '*'} is in use by another program"
+                    ) from None
 
 
 def default_workers() -> int:
@@ -42,10 +75,12 @@ def run_worker(
     *,
     scheduler: bool,
     metrics_address: tuple[str, int] | None = None,
+    share_port: bool = False,
 ) -> None:
     """Serves gRPC in this process (and fires timers when asked) until SIGTERM or SIGINT.
 
-    With `metrics_address` (host, port) it also serves Prometheus metrics over HTTP there.
+    With `metrics_address` (host, port) it also serves Prometheus metrics over HTTP there. With
+    `share_port` it shares its port with its sibling workers (`orchestra serve --workers N`).
     """
     app = build_application(settings, scheduler=scheduler)
     metrics_server = None
@@ -59,7 +94,9 @@ def run_worker(
         serve(
             address,
             app.server_dependencies(),
-            ServerOptions(max_workers=settings.pool_size, grace_seconds=settings.grace_period),
+            ServerOptions(
+                max_workers=settings.pool_size, grace_seconds=settings.grace_period, share_port=share_port
+            ),
         )
     finally:
         app.close()
@@ -68,13 +105,17 @@ def run_worker(
             metrics_server.server_close()
 
 
-def wait_healthy(target: str, timeout: float) -> None:
-    """Waits until the gRPC server at `target` reports SERVING."""
+def wait_healthy(target: str, timeout: float, failure: Callable[[], str | None] = lambda: None) -> None:
+    """Waits until the gRPC server at `target` reports SERVING; raises StartFailed as soon as
+    `failure` tells why it never will (a worker that exited)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            reason = failure()
+            if reason is not None:
+                raise StartFailed(reason)
             try:
                 answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
@@ -180,6 +221,8 @@ class WorkerSpec:
     scheduler: bool
     # None: no metrics endpoint in this worker.
     metrics_port: int | None = None
+    # The port is shared with sibling workers (SO_REUSEPORT); otherwise it is this worker's alone.
+    share_port: bool = False
 
 
 def worker_specs(
@@ -190,10 +233,18 @@ def worker_specs(
     *,
     scheduler: bool = True,
 ) -> list[WorkerSpec]:
-    """One worker per port. On SQLite only the first fires timers: one writer at a time would make
-    more schedulers wait on each other; on PostgreSQL they claim disjoint batches."""
+    """One worker per port (a port listed more than once is shared by those workers). On SQLite
+    only the first fires timers: one writer at a time would make more schedulers wait on each
+    other; on PostgreSQL they claim disjoint batches."""
+    shared = {port for port in ports if list(ports).count(port) > 1}
     return [
-        WorkerSpec(host, port, scheduler=scheduler and (i == 0 or not settings.uses_sqlite), metrics_port=m)
+        WorkerSpec(
+            host,
+            port,
+            scheduler=scheduler and (i == 0 or not settings.uses_sqlite),
+            metrics_port=m,
+            share_port=port in shared,
+        )
         for i, (port, m) in enumerate(zip(ports, metrics_ports, strict=True))
     ]
 
@@ -241,6 +292,8 @@ class WorkerPool:
             ]
         if self.settings.log_format is not None:
             command += ["--log-format", self.settings.log_format]
+        if spec.share_port:
+            command.append("--share-port")
         return command
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
@@ -261,13 +314,26 @@ class WorkerPool:
                 output.close()
 
     def start(self, timeout: float = 30.0) -> None:
+        """Starts every worker and waits until each serves; StartFailed as soon as one exits."""
         self._children = [self._spawn(i) for i in range(len(self.workers))]
         try:
             for spec in self.workers:
-                wait_healthy(f"{connect_host(spec.host)}:{spec.port}", timeout)
+                wait_healthy(f"{connect_host(spec.host)}:{spec.port}", timeout, self._start_failure)
         except BaseException:
             self.stop()
             raise
+
+    def _start_failure(self) -> str | None:
+        for index, child in enumerate(self._children):
+            status = None if child is None else child.poll()
+            if status is not None:
+                spec = self.workers[index]
+                where = f"; its log: {self.log_dir / f'worker-{index}.log'}" if self.log_dir else ""
+                return (
+                    f"worker {index} (gRPC port {spec.port}) exited during start-up with status "
+                    f"{status}{where}"
+                )
+        return None
 
     def supervised(self) -> list[Supervised]:
         """The workers as children of a supervisor."""
@@ -334,6 +400,40 @@ def running_pool(
         yield pool, stop
     finally:
         pool.stop()
+
+
+def follow_tenant_limits(
+    read: Callable[[], dict[str, TenantRateLimit]],
+    apply: Callable[[dict[str, TenantRateLimit]], bool],
+    stop: threading.Event,
+    interval: float = TENANT_LIMITS_POLL_SECONDS,
+) -> threading.Thread:
+    """Reads the stored tenant limits every `interval` seconds and hands them to `apply` (the
+    edge's `set_tenant_limits`) until `stop` is set. While the database cannot be read, the edge
+    keeps the limits it has."""
+
+    def run() -> None:
+        unreadable = False
+        while not stop.wait(interval):
+            try:
+                limits = read()
+            except Exception as exc:  # any failure to read leaves the edge as it is
+                if not unreadable:
+                    _log.warning("cannot read the tenant rate limits (%s); the edge keeps its own", exc)
+                unreadable = True
+                continue
+            if unreadable:
+                _log.warning("the tenant rate limits are readable again")
+            unreadable = False
+            if apply(limits):
+                described = ", ".join(
+                    f"{tenant} {limit.describe()}" for tenant, limit in sorted(limits.items())
+                )
+                _log.info("tenant rate limits applied: %s", described or "the default for every tenant")
+
+    thread = threading.Thread(target=run, name="tenant-limits", daemon=True)
+    thread.start()
+    return thread
 
 
 def connect_host(host: str) -> str:

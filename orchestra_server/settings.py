@@ -20,6 +20,7 @@ from orchestra_server.storage.database import (
     SQLITE_SYNCHRONOUS_LEVELS,
     default_url,
 )
+from orchestra_server.wire.rate_limits import DEFAULT_TENANT_RATE_LIMIT, TenantRateLimit, parse_rate_limit
 
 SIGNING_KEYS_FILE = "signing-keys.json"
 LOG_FORMATS = ("json", "text")
@@ -41,6 +42,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "metrics_port": "ORCHESTRA_METRICS_PORT",
     "edge_dir": "ORCHESTRA_EDGE_DIR",
     "grace_period": "ORCHESTRA_GRACE_PERIOD",
+    "tenant_rate_limit": "ORCHESTRA_TENANT_RATE_LIMIT",
 }
 
 
@@ -74,6 +76,8 @@ class Settings:
     pool_size: int = 16
     # Seconds a stopping worker lets the calls in flight finish before it cancels them and exits.
     grace_period: float = 10.0
+    # What the edge allows each tenant that has no limit of its own (`tenant set-limit`).
+    tenant_rate_limit: TenantRateLimit = DEFAULT_TENANT_RATE_LIMIT
 
     def __post_init__(self) -> None:
         if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS_LEVELS:
@@ -90,6 +94,9 @@ class Settings:
             raise SettingsError(
                 f"{ENVIRONMENT['grace_period']} must be a number of seconds from 0 to {MAX_GRACE_PERIOD:.0f}"
             )
+        problem = self.tenant_rate_limit.problem()
+        if problem is not None:
+            raise SettingsError(f"{ENVIRONMENT['tenant_rate_limit']}: {problem}")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -141,6 +148,11 @@ def _parse(name: str, variable: str, text: str) -> Any:
             return float(text)
         except ValueError:
             raise SettingsError(f"{variable} must be a number of seconds") from None
+    if name == "tenant_rate_limit":
+        try:
+            return parse_rate_limit(text)
+        except ValueError as exc:
+            raise SettingsError(f"{variable}: {exc}") from None
     if name in ("sqlite_synchronous", "log_level"):
         return text.upper()
     return text

@@ -3,7 +3,13 @@
 ``config`` renders the bootstrap from ``envoy/``; ``proxy`` runs and checks it.
 """
 
-from orchestra_server.edge.config import EdgeSettings, TenantRateLimit, Upstream, render_envoy_config
+from orchestra_server.edge.config import (
+    EdgeSettings,
+    TenantRateLimit,
+    Upstream,
+    render_envoy_config,
+    render_tenant_limits,
+)
 from orchestra_server.edge.proxy import EdgeConfigError, EdgeError, EnvoyProcess, find_envoy, validate_config
 
 __all__ = [
@@ -15,5 +21,6 @@ __all__ = [
     "Upstream",
     "find_envoy",
     "render_envoy_config",
+    "render_tenant_limits",
     "validate_config",
 ]

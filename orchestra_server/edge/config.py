@@ -6,8 +6,11 @@ API:
   gRPC endpoints, descriptor set, issuer, audience, JWKS cache period, body
   limit, admin socket, per-tenant rate limit).
 - ``Upstream``: one gRPC worker process, ``host:port``.
-- ``TenantRateLimit``: the per-tenant token bucket.
-- ``render_envoy_config(settings) -> str``: the bootstrap YAML.
+- ``TenantRateLimit``: a token bucket (``wire.rate_limits``).
+- ``render_envoy_config(settings, limits_dir) -> str``: the bootstrap YAML.
+- ``render_tenant_limits(settings, limits) -> str``: the per-tenant rate limit filter, with
+  each tenant's own limit in ``limits``, as the file Envoy watches in ``limits_dir``
+  (``TENANT_LIMITS_FILE``; replace it by a rename, and a running edge applies it).
 - ``edge_dir(override)``: where ``edge.yaml.tmpl`` and ``edge.lua`` are read
   from: ``override`` when given (``ORCHESTRA_EDGE_DIR``, read by the
   settings), else ``envoy/`` at the repository root.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -28,6 +32,9 @@ from string import Template
 from orchestra_server.wire import limits
 from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
 from orchestra_server.wire.message_sizes import MAX_REST_RESPONSE_BYTES, protobuf_bound
+
+# Re-exported: the edge's settings are written with it.
+from orchestra_server.wire.rate_limits import TenantRateLimit as TenantRateLimit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_NAME = "edge.yaml.tmpl"
@@ -57,6 +64,13 @@ TOKEN_BURST_PER_SOURCE = 40
 # its whole request, headers and body (408 otherwise).
 REQUEST_HEADERS_TIMEOUT_SECONDS = 10
 REQUEST_TIMEOUT_SECONDS = 15
+# The per-tenant rate limit filter's configuration is this file in the limits directory,
+# which Envoy watches (extension config discovery): a new file, moved in by a rename, takes
+# effect on the next request without a restart, on open connections too.
+TENANT_LIMITS_FILE = "tenant-limits.yaml"
+RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+# A bucket that never empties (Envoy counts tokens in 32 bits): a tenant whose limit is off.
+_UNLIMITED_TOKENS = 2**32 - 1
 # Owner-only: the admin interface can stop Envoy and raise its log level
 # until it writes bearer tokens.
 ADMIN_SOCKET_MODE = 0o600
@@ -68,15 +82,6 @@ class Upstream:
 
     host: str
     port: int
-
-
-@dataclass(frozen=True)
-class TenantRateLimit:
-    """A token bucket per tenant: ``burst`` requests at once, refilled by
-    ``requests_per_second`` every second. Counted per Envoy process."""
-
-    requests_per_second: int = 200
-    burst: int = 400
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class EdgeSettings:
     jwks_cache_seconds: int = DEFAULT_JWKS_CACHE_SECONDS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     admin_socket: Path | None = None
+    # Every tenant's limit unless it has its own (``TenantRateLimit.OFF``: none); None: the
+    # edge limits no rate at all, neither tenants nor the token and key set endpoints.
     tenant_rate_limit: TenantRateLimit | None = field(default_factory=TenantRateLimit)
     # Token requests per source address (only with ``tenant_rate_limit``, whose filter counts them).
     token_source_limit: TenantRateLimit | None = field(
@@ -121,9 +128,18 @@ class EdgeSettings:
             raise ValueError("jwks_cache_seconds must be at least 1")
         if self.max_request_bytes < 1:
             raise ValueError("max_request_bytes must be positive")
-        for limit in (self.tenant_rate_limit, self.token_source_limit):
-            if limit is not None and (limit.requests_per_second < 1 or limit.burst < 1):
-                raise ValueError("rate limit values must be positive")
+        if self.tenant_rate_limit is not None and self.tenant_rate_limit.problem() is not None:
+            raise ValueError(f"tenant_rate_limit: {self.tenant_rate_limit.problem()}")
+        source = self.token_source_limit
+        if source is not None and (source.off or source.problem() is not None):
+            raise ValueError("token_source_limit: rate limit values must be positive")
+
+    @property
+    def anonymous_base(self) -> TenantRateLimit:
+        """The limit the token and key set budgets are a multiple of: the tenants' own, or the
+        default one while tenants are not limited."""
+        limit = self.tenant_rate_limit
+        return TenantRateLimit() if limit is None or limit.off else limit
 
 
 def edge_dir(override: Path | None = None) -> Path:
@@ -168,49 +184,96 @@ def _endpoints(upstreams: tuple[Upstream, ...]) -> str:
     )
 
 
-def _rate_limit_filter(limit: TenantRateLimit | None) -> str:
-    if limit is None:
+def _rate_limit_filter(settings: EdgeSettings, limits_dir: Path) -> str:
+    """The per-tenant rate limit filter, configured by the watched file (``render_tenant_limits``)."""
+    if settings.tenant_rate_limit is None:
         return ""
+    directory = Path(limits_dir).resolve()
     indent = " " * 10
     lines = [
-        "# One token bucket per tenant, keyed on the verified tenant header.",
-        "# The token and JWKS routes carry no tenant: each has a bucket of its",
-        "# own (typed_per_filter_config on the route).",
-        "- name: envoy.filters.http.local_ratelimit",
+        "# One token bucket per tenant, keyed on the verified tenant header, configured by a",
+        "# file the edge watches (tenant limits change without a restart). The token and JWKS",
+        "# routes carry no tenant: each has a bucket of its own (typed_per_filter_config).",
+        f"- name: {RATE_LIMIT_FILTER}",
+        "  config_discovery:",
+        "    config_source:",
+        "      path_config_source:",
+        f"        path: {_q(str(directory / TENANT_LIMITS_FILE))}",
+        f"        watched_directory: {{ path: {_q(str(directory))} }}",
+        f"    type_urls: [{_LOCAL_RATE_LIMIT_TYPE}]",
+    ]
+    return "\n".join(indent + line for line in lines)
+
+
+_LOCAL_RATE_LIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+
+
+def _bucket(limit: TenantRateLimit) -> str:
+    burst, rate = (
+        (_UNLIMITED_TOKENS, _UNLIMITED_TOKENS) if limit.off else (limit.burst, limit.requests_per_second)
+    )
+    return f"{{ max_tokens: {burst}, tokens_per_fill: {rate}, fill_interval: 1s }}"
+
+
+def render_tenant_limits(settings: EdgeSettings, limits: Mapping[str, TenantRateLimit]) -> str:
+    """The rate limit filter's configuration: ``limits`` for the tenants named there, the
+    settings' ``tenant_rate_limit`` for every other tenant.
+
+    Tenant ids go out as JSON strings, so none can inject configuration. A change starts every
+    bucket full again.
+    """
+    default = settings.tenant_rate_limit or TenantRateLimit.OFF
+    anonymous = settings.anonymous_base
+    lines = [
+        "# The edge's per-tenant rate limits, rewritten by the supervising process when the",
+        "# stored limits change. Envoy re-reads it when a file is renamed into this directory.",
+        "resources:",
+        '- "@type": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig',
+        f"  name: {RATE_LIMIT_FILTER}",
         "  typed_config:",
-        '    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit',
+        f'    "@type": {_LOCAL_RATE_LIMIT_TYPE}',
         "    stat_prefix: tenant_rate_limit",
-        "    token_bucket:",
-        f"      max_tokens: {limit.burst * UNAUTHENTICATED_RATE_FACTOR}",
-        f"      tokens_per_fill: {limit.requests_per_second * UNAUTHENTICATED_RATE_FACTOR}",
-        "      fill_interval: 1s",
+        "    # Requests that carry no tenant (and reach no route with a budget of its own).",
+        "    token_bucket: "
+        + _bucket(
+            TenantRateLimit(
+                anonymous.requests_per_second * UNAUTHENTICATED_RATE_FACTOR,
+                anonymous.burst * UNAUTHENTICATED_RATE_FACTOR,
+            )
+        ),
+        "    # A tenant's requests count against its own bucket only.",
+        "    always_consume_default_token_bucket: false",
         "    filter_enabled:",
         "      default_value: { numerator: 100, denominator: HUNDRED }",
         "      runtime_key: orchestra.tenant_rate_limit.enabled",
         "    filter_enforced:",
         "      default_value: { numerator: 100, denominator: HUNDRED }",
         "      runtime_key: orchestra.tenant_rate_limit.enforced",
+        "    # The first full match wins: a tenant's own limit, then the one every tenant has.",
         "    descriptors:",
+    ]
+    for tenant_id, limit in sorted(limits.items()):
+        lines += [
+            f"    - entries: [{{ key: tenant, value: {_q(tenant_id)} }}]",
+            f"      token_bucket: {_bucket(limit)}",
+        ]
+    lines += [
         "    - entries: [{ key: tenant }]",
-        "      token_bucket:",
-        f"        max_tokens: {limit.burst}",
-        f"        tokens_per_fill: {limit.requests_per_second}",
-        "        fill_interval: 1s",
+        f"      token_bucket: {_bucket(default)}",
         "    max_dynamic_descriptors: 10000",
         "    rate_limits:",
         f"    - actions: [{{ request_headers: {{ header_name: {TENANT_HEADER}, descriptor_key: tenant }} }}]",
         "    local_rate_limit_per_downstream_connection: false",
     ]
-    return "\n".join(indent + line for line in lines)
+    return "\n".join(lines) + "\n"
 
 
-def _route_rate_limit(
-    limit: TenantRateLimit | None, name: str, per_source: TenantRateLimit | None = None
-) -> str:
+def _route_rate_limit(settings: EdgeSettings, name: str, per_source: TenantRateLimit | None = None) -> str:
     """A bucket of the route's own, replacing the filter-wide one on that route; with
     ``per_source``, also one bucket per downstream address (the peer, not a forwarded header)."""
-    if limit is None:
+    if settings.tenant_rate_limit is None:
         return ""
+    limit = settings.anonymous_base
     indent = " " * 16
     lines = [
         "typed_per_filter_config:",
@@ -243,8 +306,8 @@ def _route_rate_limit(
     return "\n".join(indent + line for line in lines)
 
 
-def render_envoy_config(settings: EdgeSettings) -> str:
-    """The Envoy bootstrap YAML for ``settings``."""
+def render_envoy_config(settings: EdgeSettings, limits_dir: Path) -> str:
+    """The Envoy bootstrap YAML for ``settings``; the tenant limits are read from ``limits_dir``."""
     directory = edge_dir(settings.template_dir)
     template = Template((directory / TEMPLATE_NAME).read_text(encoding="utf-8"))
     lua_source = (directory / LUA_NAME).read_text(encoding="utf-8")
@@ -264,9 +327,9 @@ def render_envoy_config(settings: EdgeSettings) -> str:
         max_request_message_bytes=protobuf_bound(settings.max_request_bytes),
         max_response_bytes=MAX_REST_RESPONSE_BYTES,
         lua_source=_q(lua_source),
-        tenant_rate_limit_filter=_rate_limit_filter(settings.tenant_rate_limit),
-        token_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "token", settings.token_source_limit),
-        jwks_rate_limit=_route_rate_limit(settings.tenant_rate_limit, "jwks"),
+        tenant_rate_limit_filter=_rate_limit_filter(settings, limits_dir),
+        token_rate_limit=_route_rate_limit(settings, "token", settings.token_source_limit),
+        jwks_rate_limit=_route_rate_limit(settings, "jwks"),
         # No client caches the key set longer than the edge does, so the
         # publish lead that covers the edge covers them too.
         jwks_cache_control=_q(f"public, max-age={settings.jwks_cache_seconds}"),

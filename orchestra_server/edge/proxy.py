@@ -7,8 +7,11 @@ API:
   ``run_dir/envoy.log``) and returns once the REST listener answers;
   ``stop()`` sends SIGTERM, then SIGKILL after a grace period;
   ``exit_status`` tells a supervisor that Envoy died (``start()`` again
-  restarts it). Usable as a context manager. With ``settings.admin_socket`` set, readiness is Envoy's
-  own ``/ready`` on that socket; otherwise an answer on the REST port.
+  restarts it). ``set_tenant_limits(limits)`` gives tenants limits of their own (or takes
+  them away) on the running edge, without a restart: it replaces the file Envoy watches
+  (``run_dir/limits/tenant-limits.yaml``) by a rename. Usable as a context manager. With
+  ``settings.admin_socket`` set, readiness is Envoy's own ``/ready`` on that socket;
+  otherwise an answer on the REST port.
 - ``validate_config(path)``: ``envoy --mode validate``, the real schema
   check; raises ``EdgeConfigError`` with Envoy's output when it fails.
 - ``find_envoy()``: the binary next to the running interpreter (the
@@ -24,13 +27,25 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from orchestra_server.edge.config import EdgeSettings, connect_host, render_envoy_config, url_host
+from orchestra_server.edge.config import (
+    TENANT_LIMITS_FILE,
+    EdgeSettings,
+    TenantRateLimit,
+    connect_host,
+    render_envoy_config,
+    render_tenant_limits,
+    url_host,
+)
 
 CONFIG_NAME = "envoy.yaml"
+LIMITS_DIR_NAME = "limits"
 LOG_NAME = "envoy.log"
 _POLL_SECONDS = 0.05
 
@@ -120,10 +135,15 @@ class EnvoyProcess:
         envoy: Path | None = None,
         log_level: str = "warn",
         concurrency: int | None = None,
+        tenant_limits: Mapping[str, TenantRateLimit] | None = None,
     ) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.config_path = self.run_dir / CONFIG_NAME
+        self.limits_dir = self.run_dir / LIMITS_DIR_NAME
+        self._tenant_limits = dict(tenant_limits or {})
+        # The supervisor's restart and the limit watcher both write the limits file.
+        self._limits_lock = threading.Lock()
         self.log_path = self.run_dir / LOG_NAME
         self._envoy = envoy
         self._log_level = log_level
@@ -153,10 +173,43 @@ class EnvoyProcess:
         """The admin interface's unix socket, if enabled."""
         return self.settings.admin_socket
 
+    @property
+    def tenant_limits(self) -> dict[str, TenantRateLimit]:
+        """The tenants' own limits the edge applies (a restart applies them again)."""
+        return dict(self._tenant_limits)
+
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render_envoy_config(self.settings), encoding="utf-8")
+        self.config_path.write_text(render_envoy_config(self.settings, self.limits_dir), encoding="utf-8")
+        self._write_tenant_limits()
         return self.config_path
+
+    def set_tenant_limits(self, limits: Mapping[str, TenantRateLimit]) -> bool:
+        """Applies these tenant limits from now on (running or not); False when they are the
+        ones already applied. A running edge takes them within a moment, open connections too."""
+        wanted = dict(limits)
+        with self._limits_lock:
+            if wanted == self._tenant_limits:
+                return False
+            self._tenant_limits = wanted
+        self._write_tenant_limits()
+        return True
+
+    def _write_tenant_limits(self) -> None:
+        """Replaces the watched file by a rename, so Envoy never reads half of one."""
+        if self.settings.tenant_rate_limit is None:
+            return
+        with self._limits_lock:
+            self.limits_dir.mkdir(parents=True, exist_ok=True)
+            text = render_tenant_limits(self.settings, self._tenant_limits)
+            descriptor, scratch = tempfile.mkstemp(prefix=".tenant-limits-", dir=self.limits_dir)
+            try:
+                with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                    out.write(text)
+                os.replace(scratch, self.limits_dir / TENANT_LIMITS_FILE)
+            except BaseException:
+                Path(scratch).unlink(missing_ok=True)
+                raise
 
     def start(self, timeout: float = 20.0) -> None:
         """Starts Envoy and waits until the REST listener answers."""

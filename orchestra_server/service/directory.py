@@ -16,6 +16,7 @@ from orchestra_server.identity.consumers import ACCESS_PERMISSION, ConsumerCrede
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage import tenancy
 from orchestra_server.storage.database import Database
+from orchestra_server.wire.rate_limits import TenantRateLimit
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -48,9 +49,27 @@ class DirectoryService:
             tenancy.insert_tenant(conn, tenant_id, label, now)
             self._audit(conn, now, tenant_id, "tenant.create", {"label": label})
 
-    def list_tenants(self) -> list[tuple[str, str | None, datetime]]:
+    def list_tenants(self) -> list[tenancy.TenantRecord]:
         with self._db.reading() as conn:
             return tenancy.list_tenants(conn)
+
+    def set_tenant_rate_limit(self, tenant_id: str, limit: TenantRateLimit | None) -> None:
+        """Gives the tenant a request rate limit of its own at the edge (`TenantRateLimit.OFF`:
+        none at all), or with None takes it away so the edge's default applies again."""
+        problem = None if limit is None else limit.problem()
+        if problem is not None:
+            raise InvalidArgument(f"rate limit {limit}: {problem}")
+        with self._db.writing() as conn:
+            if not tenancy.tenant_exists(conn, tenant_id):
+                raise NotFound(f"unknown tenant '{tenant_id}'")
+            tenancy.set_tenant_rate_limit(conn, tenant_id, limit)
+            detail = {"rate_limit": None if limit is None else str(limit)}
+            self._audit(conn, self._clock(), tenant_id, "tenant.set_limit", detail)
+
+    def tenant_rate_limits(self) -> dict[str, TenantRateLimit]:
+        """The tenants that have a rate limit of their own, with it (what the edge applies)."""
+        with self._db.reading() as conn:
+            return tenancy.tenant_rate_limits(conn)
 
     # --- roles -------------------------------------------------------------------------------
 

@@ -77,6 +77,9 @@ class TenantRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The tenant's own request rate limit at the edge; both NULL: the edge's default applies.
+    rate_limit_rps: Mapped[int | None] = mapped_column(Integer())
+    rate_limit_burst: Mapped[int | None] = mapped_column(Integer())
 
 
 class RoleRow(Base):

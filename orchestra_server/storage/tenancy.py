@@ -15,6 +15,7 @@ from orchestra_server.storage.schema import (
     RoleRow,
     TenantRow,
 )
+from orchestra_server.wire.rate_limits import TenantRateLimit
 
 tenants_t = cast(Table, TenantRow.__table__)
 roles_t = cast(Table, RoleRow.__table__)
@@ -43,9 +44,46 @@ def insert_tenant(conn: Connection, tenant_id: str, label: str | None, now: date
     conn.execute(insert(tenants_t).values(id=tenant_id, label=label, created_at=now))
 
 
-def list_tenants(conn: Connection) -> list[tuple[str, str | None, datetime]]:
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    id: str
+    label: str | None
+    created_at: datetime
+    # None: the edge's default limit applies.
+    rate_limit: TenantRateLimit | None
+
+
+def _rate_limit(rps: int | None, burst: int | None) -> TenantRateLimit | None:
+    return None if rps is None or burst is None else TenantRateLimit(rps, burst)
+
+
+def list_tenants(conn: Connection) -> list[TenantRecord]:
     rows = conn.execute(select(tenants_t).order_by(tenants_t.c.id))
-    return [(r.id, r.label, r.created_at) for r in rows]
+    return [
+        TenantRecord(r.id, r.label, r.created_at, _rate_limit(r.rate_limit_rps, r.rate_limit_burst))
+        for r in rows
+    ]
+
+
+def set_tenant_rate_limit(conn: Connection, tenant_id: str, limit: TenantRateLimit | None) -> None:
+    conn.execute(
+        update(tenants_t)
+        .where(tenants_t.c.id == tenant_id)
+        .values(
+            rate_limit_rps=None if limit is None else limit.requests_per_second,
+            rate_limit_burst=None if limit is None else limit.burst,
+        )
+    )
+
+
+def tenant_rate_limits(conn: Connection) -> dict[str, TenantRateLimit]:
+    """The tenants that have a limit of their own, with it."""
+    rows = conn.execute(
+        select(tenants_t.c.id, tenants_t.c.rate_limit_rps, tenants_t.c.rate_limit_burst).where(
+            tenants_t.c.rate_limit_rps.is_not(None), tenants_t.c.rate_limit_burst.is_not(None)
+        )
+    )
+    return {r.id: TenantRateLimit(r.rate_limit_rps, r.rate_limit_burst) for r in rows}
 
 
 def role_exists(conn: Connection, name: str) -> bool:

@@ -73,6 +73,9 @@ class ServerOptions:
     max_receive_bytes: int = MAX_REQUEST_MESSAGE_BYTES
     max_send_bytes: int = MAX_RESPONSE_MESSAGE_BYTES
     grace_seconds: float = 10.0
+    # SO_REUSEPORT: only `orchestra serve --workers N` shares one port between its own workers.
+    # Otherwise a port another program holds fails the bind, and no program can join ours.
+    share_port: bool = False
 
 
 def create_server(
@@ -93,7 +96,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", options.max_receive_bytes),
             ("grpc.max_send_message_length", options.max_send_bytes),
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 1 if options.share_port else 0),
         ],
     )
     pb_grpc.add_OrchestraServiceServicer_to_server(OrchestraServicer(deps.processes), server)
@@ -107,7 +110,10 @@ def create_server(
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer

@@ -187,13 +187,19 @@ def service(cli: Cli, deployed: None, tmp_path_factory: pytest.TempPathFactory) 
     running.stop()
 
 
-def start_edge(run_dir: Path, upstreams: tuple[Upstream, ...], **settings: Any) -> EnvoyProcess:
+def start_edge(
+    run_dir: Path,
+    upstreams: tuple[Upstream, ...],
+    tenant_limits: dict[str, TenantRateLimit] | None = None,
+    **settings: Any,
+) -> EnvoyProcess:
     edge = EnvoyProcess(
         EdgeSettings(
             rest_port=free_port(), upstreams=upstreams, jwks_cache_seconds=JWKS_CACHE_SECONDS, **settings
         ),
         run_dir,
         concurrency=2,
+        tenant_limits=tenant_limits,
     )
     edge.start(timeout=START_TIMEOUT)
     return edge

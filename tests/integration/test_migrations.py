@@ -157,3 +157,27 @@ def test_operations_columns_are_filled_for_what_was_stored_before(database: Data
     assert ended["i1"] is None
     assert ended["i2"] is not None
     assert digests[0] == digests[1] == value_digest('{"x":1,"y":[true]}')
+
+
+def test_tenants_stored_before_rate_limits_keep_the_default_and_a_downgrade_drops_them(
+    database: Database,
+) -> None:
+    """0004: a tenant from before has no limit of its own (NULL: the edge's default applies)."""
+    from orchestra_server.storage.tenancy import list_tenants, tenant_rate_limits
+
+    _migrate(database, "0003", down=True)
+    with database.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO tenants (id, label, created_at) VALUES ('acme', NULL, :at)"),
+            {"at": datetime(2026, 3, 1, tzinfo=UTC)},
+        )
+    _migrate(database, "head")
+    with database.engine.begin() as conn:
+        assert {t.id: t.rate_limit for t in list_tenants(conn)} == {"acme": None, "default": None}
+        assert tenant_rate_limits(conn) == {}
+        conn.execute(text("UPDATE tenants SET rate_limit_rps = 5, rate_limit_burst = 10 WHERE id = 'acme'"))
+    _migrate(database, "0003", down=True)
+    with database.engine.connect() as conn:
+        columns = conn.execute(text("SELECT * FROM tenants WHERE id = 'acme'")).mappings().one()
+    assert "rate_limit_rps" not in columns
+    _migrate(database, "head")

@@ -118,3 +118,49 @@ def test_restarts_outside_the_window_are_forgotten() -> None:
     _wait_for(lambda: child.starts == 2 and child.status is None)
     stop.set()
     assert raised == []
+
+
+# --- the tenant limits the supervisor hands to the edge -----------------------------------------
+
+
+def test_stored_limits_reach_the_edge_and_a_failed_read_leaves_it_as_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from orchestra_server.runtime import follow_tenant_limits
+    from orchestra_server.wire.rate_limits import TenantRateLimit
+
+    stored: list[dict[str, TenantRateLimit] | Exception] = [
+        {"acme": TenantRateLimit(1, 2)},
+        RuntimeError("database unavailable"),
+        {"acme": TenantRateLimit(1, 2)},
+        {},
+    ]
+    applied: list[dict[str, TenantRateLimit]] = []
+    done = threading.Event()
+    current: dict[str, TenantRateLimit] = {}
+
+    def read() -> dict[str, TenantRateLimit]:
+        answer = stored.pop(0) if stored else current
+        if not stored:
+            done.set()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def apply(limits: dict[str, TenantRateLimit]) -> bool:
+        nonlocal current
+        if limits == current:
+            return False
+        current = limits
+        applied.append(limits)
+        return True
+
+    stop = threading.Event()
+    with caplog.at_level(logging.WARNING, logger="orchestra.runtime"):
+        follower = follow_tenant_limits(read, apply, stop, interval=0.01)
+        assert done.wait(10)
+        stop.set()
+        follower.join(10)
+    assert applied == [{"acme": TenantRateLimit(1, 2)}, {}]
+    assert "cannot read the tenant rate limits (database unavailable)" in caplog.text
+    assert "readable again" in caplog.text

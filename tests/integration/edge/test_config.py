@@ -6,25 +6,36 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestra_server.edge import (
     EdgeConfigError,
     EdgeSettings,
+    EnvoyProcess,
     TenantRateLimit,
     Upstream,
     render_envoy_config,
+    render_tenant_limits,
     validate_config,
 )
-from orchestra_server.edge.config import LUA_NAME, edge_dir
+from orchestra_server.edge.config import LUA_NAME, RATE_LIMIT_FILTER, TENANT_LIMITS_FILE, edge_dir
 from orchestra_server.wire.message_sizes import MAX_REST_RESPONSE_BYTES, protobuf_bound
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _write(tmp_path: Path, settings: EdgeSettings) -> Path:
+    """The bootstrap, beside the tenant limits file it reads (validation checks it exists)."""
+    limits_dir = tmp_path / "limits"
+    limits_dir.mkdir(exist_ok=True)
+    (limits_dir / TENANT_LIMITS_FILE).write_text(render_tenant_limits(settings, {}), encoding="utf-8")
     path = tmp_path / "envoy.yaml"
-    path.write_text(render_envoy_config(settings), encoding="utf-8")
+    path.write_text(render_envoy_config(settings, limits_dir), encoding="utf-8")
     return path
+
+
+def _limits(tmp_path: Path) -> str:
+    return (tmp_path / "limits" / TENANT_LIMITS_FILE).read_text(encoding="utf-8")
 
 
 def test_one_upstream_validates(tmp_path: Path) -> None:
@@ -63,6 +74,8 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
     path = _write(tmp_path, settings)
     validate_config(path)
     text = path.read_text(encoding="utf-8")
+    # Every tenant's bucket, in the file the edge watches.
+    assert "token_bucket: { max_tokens: 9, tokens_per_fill: 7, fill_interval: 1s }" in _limits(tmp_path)
     for expected in (
         '"https://issuer.example"',
         '"aud-x"',
@@ -72,8 +85,7 @@ def test_every_parameter_reaches_the_config(tmp_path: Path) -> None:
         f"max_request_body_size: {protobuf_bound(12345)}",
         f"max_response_body_size: {MAX_REST_RESPONSE_BYTES}",
         f'pipe: {{ path: "{tmp_path / "admin.sock"}", mode: 384 }}',
-        "tokens_per_fill: 7",
-        "max_tokens: 9",
+        f'path: "{tmp_path / "limits" / TENANT_LIMITS_FILE}"',
         # The token and JWKS routes' own buckets.
         "stat_prefix: token_rate_limit",
         "stat_prefix: jwks_rate_limit",
@@ -122,10 +134,133 @@ def test_templates_come_from_the_override_directory(tmp_path: Path) -> None:
         {"max_request_bytes": 0},
         {"admin_socket": Path("/tmp") / ("s" * 120)},
         {"tenant_rate_limit": TenantRateLimit(requests_per_second=0)},
+        {"tenant_rate_limit": TenantRateLimit(requests_per_second=5, burst=4)},
         {"token_source_limit": TenantRateLimit(burst=0)},
+        {"token_source_limit": TenantRateLimit.OFF},
     ],
 )
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
     base: dict[str, object] = {"rest_port": 18080, "upstreams": (Upstream("127.0.0.1", 50051),)}
     with pytest.raises(ValueError, match=r"."):
         EdgeSettings(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+def _static_bootstrap(tmp_path: Path, limits_text: str) -> Path:
+    """A bootstrap carrying the rendered filter configuration inline: Envoy's validate mode
+    checks that, where it does not read a watched file's content."""
+    typed_config = yaml.safe_load(limits_text)["resources"][0]["typed_config"]
+    bootstrap = {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "check",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 18080}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network"
+                                        ".http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "check",
+                                        "route_config": {"virtual_hosts": []},
+                                        "http_filters": [
+                                            {"name": RATE_LIMIT_FILTER, "typed_config": typed_config},
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions"
+                                                    ".filters.http.router.v3.Router"
+                                                },
+                                            },
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    }
+    path = tmp_path / "static.yaml"
+    path.write_text(yaml.safe_dump(bootstrap), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "default", [TenantRateLimit(), TenantRateLimit.OFF, TenantRateLimit(1, 1)], ids=["default", "off", "one"]
+)
+def test_tenant_limits_are_a_filter_configuration_envoy_accepts(
+    tmp_path: Path, default: TenantRateLimit
+) -> None:
+    settings = EdgeSettings(
+        rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),), tenant_rate_limit=default
+    )
+    own = {"acme": TenantRateLimit(3, 5), "globex": TenantRateLimit.OFF}
+    text = render_tenant_limits(settings, own)
+    validate_config(_static_bootstrap(tmp_path, text))
+    descriptors = yaml.safe_load(text)["resources"][0]["typed_config"]["descriptors"]
+    # A tenant's own bucket comes before the one every tenant has (the first full match wins).
+    assert [d["entries"] for d in descriptors] == [
+        [{"key": "tenant", "value": "acme"}],
+        [{"key": "tenant", "value": "globex"}],
+        [{"key": "tenant"}],
+    ]
+    assert descriptors[0]["token_bucket"]["max_tokens"] == 5
+    assert descriptors[0]["token_bucket"]["tokens_per_fill"] == 3
+    # Off: a bucket that never empties.
+    assert descriptors[1]["token_bucket"]["tokens_per_fill"] == 2**32 - 1
+    expected = 2**32 - 1 if default.off else default.requests_per_second
+    assert descriptors[2]["token_bucket"]["tokens_per_fill"] == expected
+
+
+def test_a_broken_filter_configuration_fails_the_static_check(tmp_path: Path) -> None:
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    text = render_tenant_limits(settings, {}).replace("max_dynamic_descriptors", "max_dynamic_descriptorz")
+    with pytest.raises(EdgeConfigError):
+        validate_config(_static_bootstrap(tmp_path, text))
+
+
+def test_tenant_ids_are_written_as_strings(tmp_path: Path) -> None:
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    hostile = 'x" }], token_bucket: { max_tokens: 1'
+    text = render_tenant_limits(settings, {hostile: TenantRateLimit(1, 1)})
+    descriptors = yaml.safe_load(text)["resources"][0]["typed_config"]["descriptors"]
+    assert descriptors[0]["entries"] == [{"key": "tenant", "value": hostile}]
+
+
+def test_the_rest_listener_never_shares_its_port(tmp_path: Path) -> None:
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    listeners = yaml.safe_load(_write(tmp_path, settings).read_text(encoding="utf-8"))["static_resources"]
+    rest = next(item for item in listeners["listeners"] if item["name"] == "rest")
+    assert rest["enable_reuse_port"] is False
+
+
+def test_the_edge_process_keeps_the_tenant_limits_it_was_given_across_a_restart(tmp_path: Path) -> None:
+    settings = EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),))
+    edge = EnvoyProcess(settings, tmp_path, tenant_limits={"acme": TenantRateLimit(3, 5)})
+    written = edge.limits_dir / TENANT_LIMITS_FILE
+    edge.write_config()
+    assert '"acme"' in written.read_text(encoding="utf-8")
+    assert edge.set_tenant_limits({"globex": TenantRateLimit.OFF})
+    assert not edge.set_tenant_limits({"globex": TenantRateLimit.OFF})
+    text = written.read_text(encoding="utf-8")
+    assert '"globex"' in text
+    assert '"acme"' not in text
+    # What a restart writes (start() writes the configuration again) are the limits last set.
+    edge.write_config()
+    assert written.read_text(encoding="utf-8") == text
+    assert edge.tenant_limits == {"globex": TenantRateLimit.OFF}
+    # Only the file: no scratch copy is left beside it.
+    assert sorted(p.name for p in edge.limits_dir.iterdir()) == [TENANT_LIMITS_FILE]
+
+
+def test_an_edge_without_rate_limits_writes_no_limits_file(tmp_path: Path) -> None:
+    settings = EdgeSettings(
+        rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),), tenant_rate_limit=None
+    )
+    edge = EnvoyProcess(settings, tmp_path, tenant_limits={"acme": TenantRateLimit(3, 5)})
+    validate_config(edge.write_config())
+    assert not (edge.limits_dir / TENANT_LIMITS_FILE).exists()
