@@ -143,7 +143,13 @@ def seed_instances(
                     if keyed is not None:
                         values[keyed] = keyed_value(instance_id)
                     stored += [
-                        {"instance_seq": seq, "name": k, "value": v, "value_digest": repo.value_digest(v)}
+                        {
+                            "instance_seq": seq,
+                            "tenant_id": tenant,
+                            "name": k,
+                            "value": v,
+                            "value_digest": repo.value_digest(v),
+                        }
                         for k, v in limits.encode_variables(values).items()
                     ]
                     detail = step_detail(replace(start.step, created=tuple(made)))

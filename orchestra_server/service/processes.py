@@ -203,7 +203,7 @@ class ProcessService:
                 status=step.status,
                 now=now,
             )
-            repo.insert_variables(conn, seq, encoded)
+            repo.insert_variables(conn, caller.tenant_id, seq, encoded)
             repo.insert_tokens(conn, seq, caller.tenant_id, step.created)
             if idempotency_key is not None and request_hash is not None:
                 repo.store_idempotency_key(
@@ -304,7 +304,7 @@ class ProcessService:
                 raise InstanceNotWritable()
             others, size = repo.other_variables_size(conn, header.seq, name)
             limits.check_instance_variables(others + 1, size + len(name) + len(text.encode()))
-            repo.upsert_variable(conn, header.seq, name, text)
+            repo.upsert_variable(conn, caller.tenant_id, header.seq, name, text)
             now = self._clock()
             repo.touch_instance(conn, header.seq, now)
             repo.record_audit(
@@ -388,7 +388,7 @@ class ProcessService:
         ):
             raise TokenNotInIncident()
         if variables:
-            write_variables(conn, seq, variables)
+            write_variables(conn, caller.tenant_id, seq, variables)
         stored = repo.StoredVariables(conn, seq)
         definition = self._definitions.get(conn, header.definition_pk)
         now = self._clock()
@@ -429,14 +429,14 @@ class ProcessService:
         )
 
 
-def write_variables(conn: Connection, instance_seq: int, encoded: dict[str, str]) -> None:
+def write_variables(conn: Connection, tenant_id: str, instance_seq: int, encoded: dict[str, str]) -> None:
     """Sets checked variables of a running instance within its published total, or LimitExceeded."""
     sizes = repo.variable_sizes(conn, instance_seq)
     for name, text in encoded.items():
         sizes[name] = len(name) + len(text.encode())
     limits.check_instance_variables(len(sizes), sum(sizes.values()))
     for name, text in encoded.items():
-        repo.upsert_variable(conn, instance_seq, name, text)
+        repo.upsert_variable(conn, tenant_id, instance_seq, name, text)
 
 
 def variable_names(encoded: Mapping[str, str] | None) -> dict[str, Json]:

@@ -84,7 +84,8 @@ SQL_SET_STATUS = Sql(
 SQL_TOUCH = Sql("UPDATE instances SET updated_at = :now WHERE seq = :seq")
 SQL_VARIABLES = Sql("SELECT name, value FROM variables WHERE instance_seq = :seq ORDER BY name")
 SQL_INSERT_VARIABLE = Sql(
-    "INSERT INTO variables (instance_seq, name, value, value_digest) VALUES (:seq, :name, :value, :digest)"
+    "INSERT INTO variables (instance_seq, tenant_id, name, value, value_digest)"
+    " VALUES (:seq, :tenant, :name, :value, :digest)"
 )
 SQL_UPDATE_VARIABLE = Sql(
     "UPDATE variables SET value = :value, value_digest = :digest WHERE instance_seq = :seq AND name = :name"
@@ -235,10 +236,12 @@ def _search_sql(
         conditions.append("i.created_at >= :started_after")
     if before:
         conditions.append("i.created_at < :started_before")
-    for n in range(variables):
+    # Each further value is one primary-key probe of the instance's variables.
+    first_probe = 1 if variables and has_incident is not True else 0
+    for n in range(first_probe, variables):
         conditions.append(
-            "i.seq IN (SELECT instance_seq FROM variables"  # noqa: S608 (generated names only)
-            f" WHERE name = :name{n} AND value_digest = :digest{n})"
+            f"EXISTS (SELECT 1 FROM variables v{n} WHERE v{n}.instance_seq = i.seq"  # noqa: S608
+            f" AND v{n}.name = :name{n} AND v{n}.value_digest = :digest{n})"
         )
     if only:
         conditions.append("i.seq = :only")
@@ -263,6 +266,24 @@ def _search_sql(
             f"SELECT {columns} FROM tokens t JOIN instances i ON i.seq = t.instance_seq"  # noqa: S608
             f" JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
             " ORDER BY t.instance_seq DESC LIMIT :limit"
+        )
+    if first_probe:
+        # Driven by the tenant's matches of the first value, newest instance first (the index
+        # on tenant, name, digest and instance), so a page reads its own rows however many
+        # instances the tenant or other tenants have; CROSS JOIN keeps SQLite on that order.
+        conditions[:0] = [
+            "v0.tenant_id = :tenant",
+            "v0.name = :name0",
+            "v0.value_digest = :digest0",
+            "i.seq = v0.instance_seq",
+        ]
+        if position:
+            conditions.append("v0.instance_seq < :before_seq")
+        where = " AND ".join(conditions)
+        return Sql(
+            f"SELECT {columns} FROM variables v0 CROSS JOIN instances i"  # noqa: S608
+            f" JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
+            " ORDER BY v0.instance_seq DESC LIMIT :limit"
         )
     if position:
         conditions.append("i.seq < :before_seq")
@@ -727,10 +748,11 @@ def _comparison_form(value: Json) -> Json:
     return value
 
 
-def insert_variables(conn: Connection, instance_seq: int, values: dict[str, str]) -> None:
+def insert_variables(conn: Connection, tenant_id: str, instance_seq: int, values: dict[str, str]) -> None:
     if values:
         rows = [
-            {"seq": instance_seq, "name": k, "value": v, "digest": value_digest(v)} for k, v in values.items()
+            {"seq": instance_seq, "tenant": tenant_id, "name": k, "value": v, "digest": value_digest(v)}
+            for k, v in values.items()
         ]
         execute_many(conn, SQL_INSERT_VARIABLE, rows)
 
@@ -748,13 +770,13 @@ def other_variables_size(conn: Connection, instance_seq: int, name: str) -> tupl
     return int(count), int(size)
 
 
-def upsert_variable(conn: Connection, instance_seq: int, name: str, value: str) -> None:
+def upsert_variable(conn: Connection, tenant_id: str, instance_seq: int, name: str, value: str) -> None:
     parameters = {"seq": instance_seq, "name": name, "value": value, "digest": value_digest(value)}
     cursor = execute(conn, SQL_UPDATE_VARIABLE, parameters)
     updated = cursor.rowcount
     cursor.close()
     if updated == 0:
-        execute(conn, SQL_INSERT_VARIABLE, parameters).close()
+        execute(conn, SQL_INSERT_VARIABLE, parameters | {"tenant": tenant_id}).close()
 
 
 # --- audit and idempotency -----------------------------------------------------------------

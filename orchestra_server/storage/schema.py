@@ -186,11 +186,17 @@ class TokenRow(Base):
 
 class VariableRow(Base):
     __tablename__ = "variables"
-    __table_args__ = (Index("ix_variables_name_value_digest", "name", "value_digest"),)
+    # A search by value walks one tenant's matches of one name and value, newest instance
+    # first, and stops at the page: other tenants' matches are never read.
+    __table_args__ = (
+        Index("ix_variables_tenant_name_digest_seq", "tenant_id", "name", "value_digest", "instance_seq"),
+    )
     instance_seq: Mapped[int] = mapped_column(
         ForeignKey("instances.seq", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The instance's tenant, kept with each variable for the index above.
+    tenant_id: Mapped[str] = mapped_column(String(64))
     # Canonical JSON text, so every JSON value (null included) round-trips exactly.
     value: Mapped[str] = mapped_column(Text)
     # SHA-256 of the value's comparison form (repository.value_digest): what a search by value

@@ -130,11 +130,11 @@ def test_the_plans_are_read_from_the_seeded_tables(database: Database) -> None:
     by_variable = "\n".join(explained["plans"]["SearchInstances variable="]["plan"])
     incidents = "\n".join(explained["plans"]["ListIncidents (oldest first)"]["plan"])
     if explained["database"] == "sqlite":
-        assert "ix_variables_name_value_digest" in by_variable, by_variable
+        assert "ix_variables_tenant_name_digest_seq" in by_variable, by_variable
         assert "ix_tokens_tenant_status_since" in incidents, incidents
     else:
         # EXPLAIN ANALYZE ran the statements: the key matched its one instance, every incident read.
-        assert "ix_variables_name_value_digest" in by_variable, by_variable
+        assert "ix_variables_tenant_name_digest_seq" in by_variable, by_variable
         assert "rows=30 loops=1" in incidents, incidents
     markdown = plans.markdown(explained)
     assert markdown.count("```sql") == 3

@@ -181,3 +181,45 @@ def test_tenants_stored_before_rate_limits_keep_the_default_and_a_downgrade_drop
         columns = conn.execute(text("SELECT * FROM tenants WHERE id = 'acme'")).mappings().one()
     assert "rate_limit_rps" not in columns
     _migrate(database, "head")
+
+
+def test_variables_stored_before_take_their_instance_tenant(database: Database) -> None:
+    """0005: each stored variable gets its instance's tenant; a downgrade drops the column."""
+    _migrate(database, "0004", down=True)
+    at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    with database.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO tenants (id, label, created_at) VALUES ('acme', NULL, :at)"), {"at": at}
+        )
+        conn.execute(
+            text(
+                "INSERT INTO definitions"
+                " (tenant_key, definition_id, version, content, content_hash, deployed_at)"
+                " VALUES ('', 'd', 1, '{}', 'h', :at)"
+            ),
+            {"at": at},
+        )
+        for seq, tenant in ((1, "default"), (2, "acme")):
+            conn.execute(
+                text(
+                    "INSERT INTO instances"
+                    " (seq, id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
+                    " VALUES (:seq, :id, :tenant, 'd', 1, 'running', :at, :at)"
+                ),
+                {"seq": seq, "id": f"i{seq}", "tenant": tenant, "at": at},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO variables (instance_seq, name, value, value_digest)"
+                " VALUES (1, 'a', '1', 'x'), (1, 'b', '2', 'y'), (2, 'a', '1', 'x')"
+            )
+        )
+    _migrate(database, "head")
+    with database.engine.connect() as conn:
+        rows = conn.execute(text("SELECT instance_seq, name, tenant_id FROM variables ORDER BY 1, 2")).all()
+    assert [tuple(r) for r in rows] == [(1, "a", "default"), (1, "b", "default"), (2, "a", "acme")]
+    _migrate(database, "0004", down=True)
+    with database.engine.connect() as conn:
+        columns = conn.execute(text("SELECT * FROM variables WHERE instance_seq = 2")).mappings().one()
+    assert "tenant_id" not in columns
+    _migrate(database, "head")

@@ -252,6 +252,38 @@ def test_an_instance_with_several_incidents_is_found_once_page_after_page(w: Ops
     assert seen == [(instance_id, 2) for instance_id in reversed(stuck)]
 
 
+def test_a_value_shared_across_tenants_pages_through_the_tenants_own_matches(w: Ops) -> None:
+    # Interleaved starts: the other tenant's matches sit between this tenant's in every index.
+    mine: list[str] = []
+    for n in range(7):
+        mine.append(w.processes.start_process(ALICE, "three_step", {"region": "north", "n": n % 2}))
+        w.processes.start_process(BOB, "three_step", {"region": "north", "n": n % 2})
+        w.processes.start_process(ALICE, "three_step", {"region": "south", "n": n % 2})
+    w.processes.set_variable(ALICE, mine[3], "region", "south")  # an update moves it out
+    w.processes.set_variable(BOB, w.ops.search_instances(BOB, InstanceFilter.parse()).items[0].id, "x", 1)
+
+    def every_page(**filters: object) -> list[str]:
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = w.ops.search_instances(
+                ALICE,
+                InstanceFilter.parse(**filters),
+                page_size=2,
+                page_token=token,  # type: ignore[arg-type]
+            )
+            seen += [i.id for i in page.items]
+            token = page.next_page_token
+            if not token:
+                return seen
+
+    north = [i for i in mine if i != mine[3]]
+    assert every_page(variable=['region="north"']) == north[::-1]
+    assert every_page(variable=['region="north"', "n=1"]) == [i for i in north[::-1] if mine.index(i) % 2]
+    assert every_page(variable=['region="north"'], status="completed") == []
+    assert every_page(variable=["x=1"]) == []
+
+
 def test_search_pages_and_refuses_forged_tokens(w: Ops) -> None:
     started = [w.processes.start_process(ALICE, "three_step", {}) for _ in range(5)]
     query = InstanceFilter.parse(definition_id="three_step")
