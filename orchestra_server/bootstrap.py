@@ -35,6 +35,8 @@ from orchestra_server.transport.server import ServerDependencies
 
 # The example definitions `orchestra up --demo` deploys.
 EXAMPLES = REPO_ROOT / "examples"
+# The web console's static files, served by the edge under /console/.
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 
 
 def utc_now() -> datetime:
@@ -298,6 +300,7 @@ def build_edge(
             issuer=settings.issuer,
             audience=settings.audience,
             template_dir=settings.edge_dir,
+            console_dir=CONSOLE_DIR,
             admin_socket=settings.data_dir / "edge" / "admin.sock" if admin else None,
         ),
         settings.data_dir / "edge",

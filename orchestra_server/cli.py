@@ -396,6 +396,7 @@ def up(
             try:
                 edge.start()
                 click.echo(f"REST: {edge.rest_url}")
+                click.echo(f"console: {edge.rest_url}/console/")
                 click.echo(f"gRPC: {', '.join(f'{grpc_host}:{s.port}' for s in specs)}")
                 if settings.metrics_port:
                     targets = ", ".join(
