@@ -141,8 +141,11 @@ export function createDiagram(graph, { onNode, title } = {}) {
     role: "group",
     "aria-label": title || `Diagram of ${graph.label || graph.definition_id}`,
   });
+  // Shrinks to fit a narrow page, but not below legibility: past that the box scrolls. (A
+  // style property set from script, which the page's CSP allows; a style attribute it would not.)
+  svg.style.minWidth = `${Math.ceil(Math.min(width, Math.max(320, width * 0.6)))}px`;
   svg.append(s("defs", {},
-    s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+    s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" },
       s("path", { d: "M0,0 L10,5 L0,10 z", class: "arrow" }))));
 
   const flowLayer = s("g", { class: "flows" });

@@ -50,13 +50,15 @@ export function fill(element, ...children) {
   return element;
 }
 
-/** A time as the reader's local date and time; "" when absent. */
-export function when(text) {
+/** A time as the reader's local date and time ("" when absent); `short` leaves out the seconds. */
+export function when(text, short = false) {
   if (!text) return "";
   const moment = new Date(text);
   if (Number.isNaN(moment.getTime())) return String(text);
+  const thisYear = moment.getFullYear() === new Date().getFullYear();
   return moment.toLocaleString(undefined, {
-    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    year: thisYear ? undefined : "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: short ? undefined : "2-digit",
   });
 }
 

@@ -68,7 +68,7 @@ export function mount(main, ctx) {
   function renderRows(list) {
     syncRows(tbody, list, (i) => i.token_id, (incident) => h("tr", { class: "incident" },
       h("td", { class: "mono" }, h("a", { href: `#/instances/${encodeURIComponent(incident.instance_id)}` }, incident.instance_id)),
-      h("td", {}, `${incident.definition_id} v${incident.definition_version}`),
+      h("td", { class: "nowrap" }, `${incident.definition_id} v${incident.definition_version}`),
       h("td", {}, incident.node_id),
       h("td", {}, h("strong", {}, incident.kind), ": ", h("span", { class: "reason" }, incident.reason)),
       h("td", {}),

@@ -41,7 +41,7 @@ function toLocal(instant) {
 }
 
 function field(id, label, control, hint) {
-  return h("div", { class: "field" }, h("label", { for: id }, label), control, hint ? h("small", { id: `${id}-hint` }, hint) : null);
+  return h("div", { class: hint ? "field wide" : "field" }, h("label", { for: id }, label), control, hint ? h("small", { id: `${id}-hint` }, hint) : null);
 }
 
 export function mount(main, ctx, queryText) {
@@ -63,7 +63,7 @@ export function mount(main, ctx, queryText) {
   const variableInput = h("textarea", { id: "f-variable", name: "variable", rows: "2", spellcheck: "false", "aria-describedby": "f-variable-hint" });
   const filterProblem = h("p", { class: "message error", role: "alert", hidden: true });
 
-  const form = h("form", { class: "filters", "aria-label": "Filters" },
+  const form = h("form", { class: "filters grid", "aria-label": "Filters" },
     field("f-definition", "Definition", definitionSelect),
     field("f-version", "Version", versionInput),
     field("f-status", "Status", statusSelect),
@@ -179,15 +179,17 @@ export function mount(main, ctx, queryText) {
       return h("tr", {},
         h("td", { class: "check" }, box),
         h("td", { class: "mono" }, h("a", { href: `#/instances/${encodeURIComponent(item.id)}` }, item.id)),
-        h("td", {}), h("td", {}), h("td", {}), h("td", {}), h("td", { class: "num" }));
+        h("td", { class: "nowrap" }), h("td", {}), h("td", { class: "nowrap" }), h("td", { class: "nowrap" }), h("td", { class: "num" }));
     }, (row, item) => {
       const cells = row.children;
       cells[0].firstChild.checked = selected.has(item.id);
       row.classList.toggle("selected", selected.has(item.id));
       cells[2].textContent = `${item.definition_id} v${item.definition_version}`;
       fill(cells[3], h("span", { class: `status ${item.status}` }, item.status));
-      cells[4].textContent = when(item.started_at);
-      cells[5].textContent = when(item.updated_at);
+      cells[4].textContent = when(item.started_at, true);
+      cells[4].title = when(item.started_at);
+      cells[5].textContent = when(item.updated_at, true);
+      cells[5].title = when(item.updated_at);
       cells[6].textContent = item.open_incidents;
       cells[6].classList.toggle("alert", Number(item.open_incidents) > 0);
     });
