@@ -145,17 +145,28 @@ function route() {
   startPolling();
 }
 
+let pending = false;
+
+/** Refreshes the open page; asked while a refresh runs, it runs once more right after, so a
+ * change made meanwhile (a filter, an action) is never left showing stale data. */
 async function refreshNow() {
-  if (!current || refreshing) return;
+  if (!current) return;
+  if (refreshing) {
+    pending = true;
+    return;
+  }
   refreshing = true;
   const view = current.view;
   try {
     await view.refresh();
-    view.failed = false;
   } catch (error) {
-    if (error.kind !== "unauthorized") showError(error);
+    if (error.kind !== "unauthorized" && current && current.view === view) showError(error);
   } finally {
     refreshing = false;
+  }
+  if (pending) {
+    pending = false;
+    refreshNow();
   }
 }
 

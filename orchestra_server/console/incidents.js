@@ -11,6 +11,7 @@ export function mount(main, ctx) {
   let filters = {};
   let pages = [""];
   let nextToken = "";
+  let asked = 0; // bumped by every change of filters or page: an older answer is dropped
 
   const definitionInput = h("input", { id: "i-definition", spellcheck: "false" });
   const nodeInput = h("input", { id: "i-node", spellcheck: "false" });
@@ -48,6 +49,7 @@ export function mount(main, ctx) {
   function apply() {
     filters = { definition_id: definitionInput.value.trim(), node_id: nodeInput.value.trim() };
     pages = [""];
+    asked += 1;
     ctx.refreshNow();
   }
   form.addEventListener("submit", (event) => { event.preventDefault(); apply(); });
@@ -89,11 +91,13 @@ export function mount(main, ctx) {
     empty.hidden = list.length > 0;
   }
 
-  previous.addEventListener("click", () => { if (pages.length > 1) { pages.pop(); ctx.refreshNow(); } });
-  next.addEventListener("click", () => { if (nextToken) { pages.push(nextToken); ctx.refreshNow(); } });
+  previous.addEventListener("click", () => { if (pages.length > 1) { pages.pop(); asked += 1; ctx.refreshNow(); } });
+  next.addEventListener("click", () => { if (nextToken) { pages.push(nextToken); asked += 1; ctx.refreshNow(); } });
 
   async function refresh() {
+    const question = asked;
     const answer = await ops.incidents({ ...filters, page_size: PAGE_SIZE, page_token: pages[pages.length - 1] });
+    if (question !== asked) return;
     nextToken = answer.next_page_token;
     renderRows(answer.incidents);
     previous.disabled = pages.length <= 1;

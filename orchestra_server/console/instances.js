@@ -48,6 +48,7 @@ export function mount(main, ctx, queryText) {
   let filters = parseQuery(queryText);
   let pages = [""]; // page tokens of the pages seen so far; the last is the current one
   let nextToken = "";
+  let asked = 0; // bumped by every change of filters or page: an older answer is dropped
   const selected = new Set();
   let shown = [];
 
@@ -279,8 +280,8 @@ export function mount(main, ctx, queryText) {
     });
   });
 
-  previous.addEventListener("click", () => { if (pages.length > 1) { pages.pop(); ctx.refreshNow(); } });
-  next.addEventListener("click", () => { if (nextToken) { pages.push(nextToken); ctx.refreshNow(); } });
+  previous.addEventListener("click", () => { if (pages.length > 1) { pages.pop(); asked += 1; ctx.refreshNow(); } });
+  next.addEventListener("click", () => { if (nextToken) { pages.push(nextToken); asked += 1; ctx.refreshNow(); } });
 
   let definitionsLoaded = false;
   async function loadDefinitions() {
@@ -296,7 +297,9 @@ export function mount(main, ctx, queryText) {
 
   async function refresh() {
     if (!definitionsLoaded) await loadDefinitions();
+    const question = asked;
     const answer = await ops.instances({ ...filters, page_size: PAGE_SIZE, page_token: pages[pages.length - 1] });
+    if (question !== asked) return;
     shown = answer.instances;
     nextToken = answer.next_page_token;
     renderRows();
@@ -306,6 +309,7 @@ export function mount(main, ctx, queryText) {
   }
 
   function navigate(_id, query) {
+    asked += 1;
     filters = parseQuery(query);
     pages = [""];
     selected.clear();
