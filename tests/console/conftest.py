@@ -63,6 +63,8 @@ ROUTED: dict[str, Any] = {
 }
 # Counted by the badge test alone, so other tests' instances do not change its numbers.
 COUNTED: dict[str, Any] = {**FRAGILE, "id": "counted", "label": "Counted"}
+# Retried in batch by the batch retry test alone.
+RETRIED: dict[str, Any] = {**FRAGILE, "id": "retried", "label": "Retried"}
 
 
 def browser_problem() -> str | None:
@@ -146,7 +148,7 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
     cli("tenant", "create", TENANT)
     definitions = tmp_path_factory.mktemp("console-definitions")
     paths = [str(EXAMPLES / name) for name in ("three_step.yaml", "expense_approval.yaml")]
-    for definition in (FRAGILE, ROUTED, COUNTED):
+    for definition in (FRAGILE, ROUTED, COUNTED, RETRIED):
         path = definitions / f"{definition['id']}.yaml"
         path.write_text(yaml.safe_dump(definition, sort_keys=False), encoding="utf-8")
         paths.append(str(path))

@@ -334,6 +334,38 @@ def test_cancel_the_selected_instances_and_keep_the_selection_across_refreshes(
     assert statuses == ["cancelled", "cancelled", "running", "running"]
 
 
+def test_retry_in_batch_the_selected_instances_and_every_matching_incident(
+    page: Any, sign_in: SignIn, console_stack: ConsoleStack
+) -> None:
+    ids = [console_stack.incident("retried") for _ in range(2)]
+    sign_in(route="#/instances?definition_id=retried")
+    expect(page.locator("table.list tbody tr")).to_have_count(2)
+    for instance_id in ids:
+        page.get_by_label(f"Select instance {instance_id}").check()
+    page.get_by_role("button", name="Retry incidents of selected").click()
+    page.get_by_role("dialog").get_by_role("button", name="Retry 2").click()
+    # Nothing changed what the condition reads, so the retried tokens stop there again.
+    expect(page.get_by_role("status")).to_contain_text("Retried 2 incidents; 2 still in incident; 0 failed.")
+    # Give the condition its variable, then retry everything the filter matches.
+    for instance_id in ids:
+        console_stack.http.put(
+            f"/orchestra-api/instance/{instance_id}/variable/approved",
+            json={"value": True},
+            headers=console_stack.operator.headers,
+        ).raise_for_status()
+    page.get_by_role("link", name="Incidents").click()
+    page.get_by_label("Definition").fill("retried")
+    page.get_by_role("button", name="Apply filters").click()
+    expect(page.locator("table.list tbody tr")).to_have_count(2)
+    page.get_by_role("button", name="Retry all matching…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("2 incidents match")
+    dialog.get_by_role("button", name="Retry 2").click()
+    expect(page.get_by_role("status")).to_contain_text("Matched 2: retried 2, skipped 0, failed 0.")
+    assert [console_stack.detail(i)["status"] for i in ids] == ["completed", "completed"]
+    expect(page.locator("table.list tbody tr")).to_have_count(0)
+
+
 def test_incidents_page_lists_reason_and_age_and_cancels_a_branch(
     page: Any, sign_in: SignIn, console_stack: ConsoleStack
 ) -> None:
