@@ -128,6 +128,33 @@ def test_a_revoked_consumer_returns_to_sign_in(
     expect(page.get_by_role("alert")).to_contain_text("Sign in again")
 
 
+def test_the_token_is_renewed_before_it_expires(page: Any, sign_in: SignIn) -> None:
+    # The page's clock is the test's: an hour passes in a moment.
+    page.clock.install()
+    sign_in()
+    expect(page.locator("tbody tr", has_text="fragile")).to_be_visible()
+    with page.expect_request("**/oauth/token") as renewal:
+        page.clock.fast_forward("50:00")
+    assert renewal.value.method == "POST"
+    assert renewal.value.response().status == 200
+    page.clock.fast_forward("00:05")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(page.get_by_role("alert")).to_have_count(0)
+
+
+def test_an_expired_token_returns_to_sign_in(page: Any, sign_in: SignIn, page_log: PageLog) -> None:
+    page.clock.install()
+    sign_in()
+    expect(page.locator("tbody tr", has_text="fragile")).to_be_visible()
+    # The token endpoint cannot be reached, so the token is never renewed and runs out.
+    page.route("**/oauth/token", lambda route: route.abort("connectionrefused"))
+    page.clock.fast_forward("01:01:00")
+    page.clock.fast_forward("00:05")
+    expect(page.get_by_label("Client id")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("expired")
+    page_log.problems[:] = [p for p in page_log.problems if "ERR_CONNECTION_REFUSED" not in p]
+
+
 # -- definitions ----------------------------------------------------------------------------------
 
 
