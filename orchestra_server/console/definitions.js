@@ -118,8 +118,8 @@ export function mount(main, ctx, selectedId) {
 
 export function legend() {
   return h("ul", { class: "legend", "aria-label": "Legend" },
-    h("li", {}, h("span", { class: "swatch parked" }), "parked (waiting for a signal)"),
-    h("li", {}, h("span", { class: "swatch waiting" }), "waiting (timer)"),
+    h("li", {}, h("span", { class: "swatch parked" }), "parked (until a signal or a timer)"),
+    h("li", {}, h("span", { class: "swatch waiting" }), "waiting at a join"),
     h("li", {}, h("span", { class: "swatch incident" }), "incident"),
     h("li", {}, h("span", { class: "swatch default-flow" }), "default flow (slashed)"));
 }
