@@ -29,8 +29,13 @@ export function mount(main, ctx, instanceId) {
   let diagram = null;
   let instance = null;
   let historyCount = -1;
+  let historySeen = null; // the instance's updated_at when the history was last read
+  let refreshes = 0;
   let visited = [];
   const editing = new Set(); // variable names whose editor is open
+  // Bumped by every change made from this page: a refresh that began before it would show the
+  // instance as it was, so it is dropped (the refresh queued after the change shows it).
+  let changes = 0;
 
   const title = h("h1", {}, "Instance ", h("span", { class: "mono" }, instanceId));
   const facts = h("dl", { class: "facts-grid" });
@@ -78,6 +83,7 @@ export function mount(main, ctx, instanceId) {
       [["Keep it", null], ["Cancel instance", "yes", "danger"]]);
     if (answer !== "yes") return;
     await ctx.act(async () => {
+      changes += 1;
       const outcome = await ops.cancel(instanceId, "cancelled from the console");
       ctx.showResult(`The instance is ${outcome.status}.`);
     });
@@ -122,6 +128,7 @@ export function mount(main, ctx, instanceId) {
         return;
       }
       await ctx.act(async () => {
+        changes += 1;
         const outcome = await action(values);
         variables.value = "";
         ctx.showResult(outcome);
@@ -202,6 +209,7 @@ export function mount(main, ctx, instanceId) {
       }
       try {
         await consumer.setVariable(instanceId, name, value);
+        changes += 1;
         instance.variables[name] = value;
         ctx.showResult(`Set ${name}.`);
         close();
@@ -260,6 +268,7 @@ export function mount(main, ctx, instanceId) {
     }
     try {
       await consumer.setVariable(instanceId, name, value);
+      changes += 1;
       newProblem.hidden = true;
       newName.value = "";
       newValue.value = "";
@@ -309,7 +318,9 @@ export function mount(main, ctx, instanceId) {
   }
 
   async function refresh() {
+    const asked = changes;
     const answer = await ops.instance(instanceId);
+    if (asked !== changes) return;
     instance = answer.instance;
     renderFacts();
     const key = `${instance.definition_id}@${instance.definition_version}`;
@@ -319,11 +330,18 @@ export function mount(main, ctx, instanceId) {
       fill(diagramBox, diagram.element);
       graphKey = key;
     }
-    const entries = await loadHistory();
-    if (entries.length !== historyCount) {
-      renderHistory(entries);
-      historyCount = entries.length;
+    // The history only grows when the instance changes (and, against two changes within one
+    // tick of the clock, it is read again every few refreshes anyway).
+    refreshes += 1;
+    if (instance.updated_at !== historySeen || refreshes % 5 === 0) {
+      const entries = await loadHistory();
+      if (entries.length !== historyCount) {
+        renderHistory(entries);
+        historyCount = entries.length;
+      }
+      historySeen = instance.updated_at;
     }
+    if (asked !== changes) return;
     const counts = {};
     for (const token of instance.tokens) {
       counts[token.node_id] = counts[token.node_id] || { parked: 0, waiting: 0, incident: 0 };

@@ -178,10 +178,15 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
         service.stop()
 
 
+# The machine may be busy: a page refreshes every 3 s, so give each expectation a few refreshes.
+EXPECT_TIMEOUT_MS = 12_000
+
+
 @pytest.fixture(scope="module")
 def browser(console_stack: ConsoleStack) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     executable = CHROMIUM if CHROMIUM.is_file() else Path(shutil.which("chromium") or CHROMIUM)
     # Chromium's sandbox needs user namespaces it cannot have as root in a container.
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
@@ -224,7 +229,7 @@ def page_log() -> PageLog:
 def page(browser: Any, console_stack: ConsoleStack, page_log: PageLog) -> Iterator[Any]:
     """A fresh page at 1280 px; the test fails if the page logs an error or opens a dialog."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(EXPECT_TIMEOUT_MS)
     opened = context.new_page()
     opened.on("console", page_log.on_console)
     opened.on("pageerror", lambda error: page_log.problems.append(f"page error: {error}"))

@@ -204,7 +204,7 @@ def test_live_counts_appear_on_the_right_nodes_and_follow_new_instances(
     expect(row).to_contain_text("3")
     # Without a reload: the page polls.
     console_stack.start("counted")
-    expect(task.locator("g.badge.parked")).to_have_attribute("data-count", "3", timeout=10_000)
+    expect(task.locator("g.badge.parked")).to_have_attribute("data-count", "3")
 
 
 # -- one instance ---------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def test_cancel_the_selected_instances_and_keep_the_selection_across_refreshes(
     page.get_by_label(f"Select instance {ids[1]}").check()
     # A new match arrives with the next refresh; the selection stays.
     ids.append(console_stack.start("three_step", {"batch": batch}))
-    expect(page.locator("table.list tbody tr")).to_have_count(4, timeout=10_000)
+    expect(page.locator("table.list tbody tr")).to_have_count(4)
     expect(page.get_by_label(f"Select instance {ids[0]}")).to_be_checked()
     expect(page.get_by_label(f"Select instance {ids[1]}")).to_be_checked()
     expect(page.get_by_text("2 selected")).to_be_visible()
