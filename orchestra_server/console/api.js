@@ -64,10 +64,11 @@ async function fetchToken(clientId, clientSecret) {
     throw new ApiError("network", 0, "The server cannot be reached. Check the connection and try again.");
   }
   if (response.status === 401 || response.status === 400) {
-    throw new ApiError("unauthorized", response.status, "Unknown client id or wrong secret.");
+    throw new ApiError("unauthorized", response.status,
+      "The client id and secret were not accepted (unknown, wrong, revoked, or without any API permission).");
   }
   if (!response.ok) {
-    throw new ApiError(response.status === 429 ? "server" : "server", response.status, await errorMessage(response));
+    throw new ApiError("server", response.status, await errorMessage(response));
   }
   const body = await response.json();
   const info = claims(body.access_token);
@@ -163,7 +164,8 @@ export async function call(method, path, { params, body } = {}) {
     end("The session ended: the token expired or the consumer was revoked. Sign in again.");
   }
   if (kind === "forbidden") {
-    throw new ApiError(kind, 403, `Not permitted: this consumer is not an operator for this action (${message}).`);
+    const who = path.startsWith(OPS) ? "This consumer is not an operator" : "This consumer may not do this";
+    throw new ApiError(kind, 403, `${who}: ${message}.`);
   }
   if (kind === "not_found") throw new ApiError(kind, 404, `Not found (${message}).`);
   throw new ApiError(kind, response.status, message);

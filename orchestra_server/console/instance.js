@@ -36,6 +36,7 @@ export function mount(main, ctx, instanceId) {
   // Bumped by every change made from this page: a refresh that began before it would show the
   // instance as it was, so it is dropped (the refresh queued after the change shows it).
   let changes = 0;
+  let gone = false;
 
   const title = h("h1", {}, "Instance ", h("span", { class: "mono" }, instanceId));
   const facts = h("dl", { class: "facts-grid" });
@@ -318,8 +319,20 @@ export function mount(main, ctx, instanceId) {
   }
 
   async function refresh() {
+    if (gone) return;
     const asked = changes;
-    const answer = await ops.instance(instanceId);
+    let answer;
+    try {
+      answer = await ops.instance(instanceId);
+    } catch (error) {
+      if (error.kind === "not_found") {
+        gone = true; // nothing more to ask about
+        fill(main, h("h1", {}, "Instance not found"),
+          h("p", { class: "hint" }, `There is no instance ${instanceId} in this tenant.`),
+          h("p", {}, h("a", { href: "#/instances" }, "Back to the instances")));
+      }
+      throw error;
+    }
     if (asked !== changes) return;
     instance = answer.instance;
     renderFacts();

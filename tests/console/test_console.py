@@ -102,7 +102,7 @@ def test_a_wrong_secret_is_refused_on_the_form(
     page.get_by_label("Client id").fill(console_stack.operator.client_id)
     page.get_by_label("Client secret").fill("not-the-secret")
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("alert")).to_contain_text("wrong secret")
+    expect(page.get_by_role("alert")).to_contain_text("were not accepted")
     expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
 
 
@@ -411,6 +411,7 @@ def test_not_found_and_network_failures_are_shown(page: Any, sign_in: SignIn, pa
     page_log.allowed_statuses.add(404)
     sign_in(route=f"#/instances/{uuid.uuid4()}")
     expect(page.get_by_role("alert")).to_contain_text("Not found")
+    expect(page.get_by_role("heading", name="Instance not found")).to_be_visible()
     # The network goes away: the next refresh says so.
     page.route("**/orchestra-ops/**", lambda route: route.abort("connectionrefused"))
     page.evaluate("() => { location.hash = '#/incidents'; }")
