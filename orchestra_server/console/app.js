@@ -12,7 +12,8 @@ const REFRESH_MS = 3000;
 const ROUTES = [
   { pattern: /^#\/definitions(?:\/([^/?]+))?$/, page: definitions, nav: "definitions" },
   { pattern: /^#\/instances\/([^/?]+)$/, page: instance, nav: "instances" },
-  { pattern: /^#\/instances(?:\?(.*))?$/, page: instances, nav: "instances" },
+  // The query stays encoded: the page parses it as a query (a value may hold & or +).
+  { pattern: /^#\/instances(?:\?(.*))?$/, page: instances, nav: "instances", query: true },
   { pattern: /^#\/incidents$/, page: incidents, nav: "incidents" },
 ];
 const NAV = [
@@ -131,7 +132,8 @@ function route() {
   }
   if (current && current.hash === hash) return;
   clearMessages();
-  const args = found.match.slice(1).map((part) => (part === undefined ? undefined : decodeURIComponent(part)));
+  const args = found.match.slice(1).map((part) =>
+    (part === undefined || found.r.query ? part : decodeURIComponent(part)));
   // A page that only changes its own query (filters) keeps its view.
   if (current && current.page === found.r.page && current.view.navigate && current.view.navigate(...args)) {
     current.hash = hash;

@@ -3,6 +3,7 @@ headers, sign-in, every page, every action, live refresh, refusals and hostile v
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
@@ -335,6 +336,24 @@ def test_batch_cancel_by_filter_says_how_many_and_what_happened(
     expect(page.get_by_role("status")).to_contain_text("Matched 3: cancelled 3, skipped 0, failed 0.")
     assert {console_stack.detail(i)["status"] for i in doomed} == {"cancelled"}
     assert console_stack.detail(spared)["status"] == "running"
+
+
+def test_a_variable_filter_may_hold_query_characters(
+    page: Any, sign_in: SignIn, console_stack: ConsoleStack
+) -> None:
+    tricky = f"a&b+c%d={uuid.uuid4().hex[:6]}"
+    wanted = console_stack.start("three_step", {"tag": tricky})
+    console_stack.start("three_step", {"tag": tricky.replace("+", " ")})
+    sign_in(route="#/instances")
+    page.get_by_label("Variables equal").fill(f"tag={json.dumps(tricky)}")
+    page.get_by_role("button", name="Apply filters").click()
+    expect(page.locator("table.list tbody tr")).to_have_count(1)
+    expect(page.locator("table.list tbody tr")).to_contain_text(wanted)
+    # The filter survives in the address, and reading it back gives the same search.
+    page.reload()
+    sign_in(route=page.url.split("/console/")[1])
+    expect(page.get_by_label("Variables equal")).to_have_value(f"tag={json.dumps(tricky)}")
+    expect(page.locator("table.list tbody tr")).to_have_count(1)
 
 
 def test_cancel_the_selected_instances_and_keep_the_selection_across_refreshes(
