@@ -6,8 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find proto/orchestra -name '*.proto' | sort)
+# The web console's one npm dependency (the diagram layout), copied beside its modules.
+CONSOLE := orchestra_server/console
+CONSOLE_STAMP := $(CONSOLE)/vendor/.installed
+DAGRE_DIST := $(CONSOLE)/node_modules/@dagrejs/dagre/dist
 
-.PHONY: install run test soak gen lint bench clean release-proto
+.PHONY: install run test soak gen lint bench clean release-proto browser screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +19,37 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CONSOLE_STAMP): $(CONSOLE)/package-lock.json $(CONSOLE)/package.json
+	cd $(CONSOLE) && npm ci --no-audit --no-fund --silent
+	mkdir -p $(CONSOLE)/vendor
+	# Without the source map comment: the map is not served.
+	sed '/^\/\/# sourceMappingURL=/d' $(DAGRE_DIST)/dagre.esm.js > $(CONSOLE)/vendor/dagre.js
+	cp $(DAGRE_DIST)/dagre.esm.js.LEGAL.txt $(CONSOLE)/vendor/dagre.LEGAL.txt
+	touch $@
 
-run: $(STAMP)
+# Debian's Chromium for the console's browser tests (Playwright drives it; its own browser
+# builds cannot be downloaded). Installed when missing and we are root; otherwise those tests
+# skip with a reason (and fail under CI=true).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; }; \
+	else \
+		echo "note: no chromium; install Debian's chromium package to run the console's browser tests"; \
+	fi
+
+install: $(STAMP) $(CONSOLE_STAMP) browser
+
+run: $(STAMP) $(CONSOLE_STAMP)
 	$(BIN)/orchestra up --demo
 
-test: $(STAMP)
+# The console's pages from a demo stack, as PNG files in docs/console/.
+screenshots: install
+	$(BIN)/python -m tests.console.screenshots docs/console
+
+test: $(STAMP) $(CONSOLE_STAMP) browser
 	$(BIN)/python -m pytest
 
 # Heavier reliability runs than make test: more kill -9 cycles, more fuzz cases, longer property runs.
@@ -56,4 +85,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CONSOLE)/node_modules $(CONSOLE)/vendor

@@ -36,6 +36,8 @@ from orchestra_server.wire.rate_limits import TenantRateLimit
 
 # The example definitions `orchestra up --demo` deploys.
 EXAMPLES = REPO_ROOT / "examples"
+# The web console's static files, served by the edge under /console/.
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 
 
 def utc_now() -> datetime:
@@ -301,6 +303,7 @@ def build_edge(
             issuer=settings.issuer,
             audience=settings.audience,
             template_dir=settings.edge_dir,
+            console_dir=CONSOLE_DIR,
             admin_socket=settings.data_dir / "edge" / "admin.sock" if admin else None,
             tenant_rate_limit=settings.tenant_rate_limit,
         ),

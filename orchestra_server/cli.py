@@ -474,6 +474,7 @@ def up(
                     fail(f"the REST edge did not start: {reason} (see {edge.log_path})")
                 runtime.follow_tenant_limits(read_tenant_limits, edge.set_tenant_limits, watching)
                 click.echo(f"REST: {edge.rest_url}")
+                click.echo(f"console: {edge.rest_url}/console/")
                 click.echo(f"gRPC: {', '.join(f'{grpc_host}:{s.port}' for s in specs)}")
                 if settings.metrics_port:
                     targets = ", ".join(
@@ -500,12 +501,20 @@ def up(
         click.echo("stopped")
 
 
+DEMO_OPERATOR_ROLE = "operator"
+DEMO_OPERATOR_PERMISSIONS = ("operate orchestra", "deploy orchestra definitions", "access orchestra api")
+
+
 def _seed_demo(settings: Settings, rest_url: str) -> None:
     with administration(settings, writes=True) as admin:
         examples = sorted(EXAMPLES.glob("*.yaml"))
         for result in admin.definitions.deploy(examples):
             click.echo(f"deployed example: {result.definition_id}")
         created = admin.directory.create_consumer("default", None, "demo consumer")
+        # The console's operator: the operations API, and the consumer API for variable edits
+        # and signals from the instance page.
+        admin.directory.create_role(DEMO_OPERATOR_ROLE, list(DEMO_OPERATOR_PERMISSIONS))
+        operator = admin.directory.create_consumer("default", [DEMO_OPERATOR_ROLE], "demo operator")
     click.echo("")
     click.echo("Demo consumer in tenant 'default' (the secret is shown only this once):")
     click.echo(f"  client_id:     {created.client_id}")
@@ -515,6 +524,10 @@ def _seed_demo(settings: Settings, rest_url: str) -> None:
         f"  curl -s -X POST {rest_url}/oauth/token -d grant_type=client_credentials "
         f"-d client_id={created.client_id} -d client_secret={created.client_secret}"
     )
+    click.echo("")
+    click.echo(f"Console operator (sign in at {rest_url}/console/; the secret is shown only this once):")
+    click.echo(f"  client_id:     {operator.client_id}")
+    click.echo(f"  client_secret: {operator.client_secret}")
     click.echo("")
 
 

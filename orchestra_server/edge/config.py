@@ -14,6 +14,8 @@ API:
 - ``edge_dir(override)``: where ``edge.yaml.tmpl`` and ``edge.lua`` are read
   from: ``override`` when given (``ORCHESTRA_EDGE_DIR``, read by the
   settings), else ``envoy/`` at the repository root.
+- ``console_files(directory)``: the static files of the web console the edge
+  serves under ``/console/`` (URL path, file, content type, cache policy).
 
 Every value is written as a JSON scalar (valid YAML), so no setting can
 inject configuration.
@@ -71,6 +73,36 @@ TENANT_LIMITS_FILE = "tenant-limits.yaml"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 # A bucket that never empties (Envoy counts tokens in 32 bits): a tenant whose limit is off.
 _UNLIMITED_TOKENS = 2**32 - 1
+# The web console: static files the edge answers itself (route `direct_response`), read once
+# when Envoy loads its configuration. Only these kinds are served, from the console directory
+# and its vendor/ folder.
+CONSOLE_PREFIX = "/console/"
+CONSOLE_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+CONSOLE_FOLDERS = ("", "vendor/")
+# Envoy refuses a direct response body over the route configuration's limit; this is it.
+MAX_CONSOLE_FILE_BYTES = 1024 * 1024
+# Scripts only from the console's own files (no inline script, no eval), data only from this
+# origin, never framed: a value an attacker stored cannot run even if it reached the page.
+CONSOLE_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+CONSOLE_SECURITY_HEADERS = (
+    ("content-security-policy", CONSOLE_CONTENT_SECURITY_POLICY),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+)
+# The console's own files change with each release and carry no version in their names: the
+# browser asks again every time (no-cache revalidates; the files are small). The vendored
+# layout library changes only with the lockfile.
+CONSOLE_CACHE_CONTROL = "no-cache"
+CONSOLE_VENDOR_CACHE_CONTROL = "public, max-age=3600"
 # Owner-only: the admin interface can stop Envoy and raise its log level
 # until it writes bearer tokens.
 ADMIN_SOCKET_MODE = 0o600
@@ -112,6 +144,8 @@ class EdgeSettings:
     )
     # Where the template and the Lua source are read from (None: ``envoy/``).
     template_dir: Path | None = None
+    # The web console's directory, served under /console/ (None: no console).
+    console_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.rest_port < 65536:
@@ -140,6 +174,41 @@ class EdgeSettings:
         default one while tenants are not limited."""
         limit = self.tenant_rate_limit
         return TenantRateLimit() if limit is None or limit.off else limit
+
+
+@dataclass(frozen=True)
+class ConsoleFile:
+    """One static file of the console: where it is served, what it is and how long it keeps."""
+
+    url_path: str
+    path: Path
+    content_type: str
+    cache_control: str
+
+
+def console_files(directory: Path) -> tuple[ConsoleFile, ...]:
+    """The console's files under ``directory``: index.html at ``/console/``, every other
+    served kind at its own name. ValueError when there is no index.html or a file is over
+    ``MAX_CONSOLE_FILE_BYTES``."""
+    root = Path(directory).resolve()
+    index = root / "index.html"
+    if not index.is_file():
+        raise ValueError(f"the console directory {root} has no index.html")
+    found = [ConsoleFile(CONSOLE_PREFIX, index, CONSOLE_CONTENT_TYPES[".html"], CONSOLE_CACHE_CONTROL)]
+    for folder in CONSOLE_FOLDERS:
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(base.iterdir()):
+            kind = CONSOLE_CONTENT_TYPES.get(path.suffix)
+            if kind is None or not path.is_file() or path == index:
+                continue
+            cache = CONSOLE_VENDOR_CACHE_CONTROL if folder == "vendor/" else CONSOLE_CACHE_CONTROL
+            found.append(ConsoleFile(f"{CONSOLE_PREFIX}{folder}{path.name}", path, kind, cache))
+    for item in found:
+        if item.path.stat().st_size > MAX_CONSOLE_FILE_BYTES:
+            raise ValueError(f"{item.path} is over {MAX_CONSOLE_FILE_BYTES} bytes")
+    return tuple(found)
 
 
 def edge_dir(override: Path | None = None) -> Path:
@@ -306,12 +375,79 @@ def _route_rate_limit(settings: EdgeSettings, name: str, per_source: TenantRateL
     return "\n".join(indent + line for line in lines)
 
 
+# Filters a static file has no use for: no token to check, nothing to transcode or rewrite.
+_CONSOLE_DISABLED_FILTERS = (
+    "envoy.filters.http.buffer",
+    "envoy.filters.http.lua",
+    "envoy.filters.http.grpc_json_transcoder",
+)
+
+
+def _console_routes(files: tuple[ConsoleFile, ...]) -> str:
+    if not files:
+        return ""
+    disabled = ["  typed_per_filter_config:"]
+    for name in _CONSOLE_DISABLED_FILTERS:
+        disabled += [
+            f"    {name}:",
+            '      "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig',
+            "      disabled: true",
+        ]
+    lines = [
+        "# The web console: each file answered by the edge itself, read when Envoy starts.",
+        "- match: { path: /console }",
+        f"  redirect: {{ path_redirect: {_q(CONSOLE_PREFIX)} }}",
+        *disabled,
+    ]
+    for item in files:
+        headers = [("content-type", item.content_type), ("cache-control", item.cache_control)]
+        lines += [
+            f"- match: {{ path: {_q(item.url_path)}, headers: "
+            '[{ name: ":method", string_match: { safe_regex: { regex: "GET|HEAD" } } }] }',
+            f"  direct_response: {{ status: 200, body: {{ filename: {_q(str(item.path))} }} }}",
+            "  response_headers_to_add:",
+            *(
+                f"  - {{ header: {{ key: {_q(key)}, value: {_q(value)} }}, "
+                "append_action: OVERWRITE_IF_EXISTS_OR_ADD }"
+                for key, value in (*headers, *CONSOLE_SECURITY_HEADERS)
+            ),
+            *disabled,
+        ]
+    indent = " " * 14
+    return "\n".join(indent + line for line in lines)
+
+
+def _console_reply_mappers(files: tuple[ConsoleFile, ...]) -> str:
+    """A direct response is a local reply: without these the JSON error format below would
+    wrap each file. A mapper per file passes its bytes through with its content type."""
+    lines = []
+    for item in files:
+        lines += [
+            "- filter:",
+            "    and_filter:",
+            "      filters:",
+            "      - status_code_filter:",
+            "          comparison: { op: EQ, value: { default_value: 200, runtime_key: orchestra.unused } }",
+            '      - header_filter: { header: { name: ":path", string_match: '
+            f"{{ exact: {_q(item.url_path)} }} }} }}",
+            "  body_format_override:",
+            '    text_format_source: { inline_string: "%LOCAL_REPLY_BODY%" }',
+            f"    content_type: {_q(item.content_type)}",
+        ]
+    indent = " " * 12
+    return "\n".join(indent + line for line in lines)
+
+
 def render_envoy_config(settings: EdgeSettings, limits_dir: Path) -> str:
     """The Envoy bootstrap YAML for ``settings``; the tenant limits are read from ``limits_dir``."""
     directory = edge_dir(settings.template_dir)
     template = Template((directory / TEMPLATE_NAME).read_text(encoding="utf-8"))
     lua_source = (directory / LUA_NAME).read_text(encoding="utf-8")
+    console = () if settings.console_dir is None else console_files(settings.console_dir)
     return template.substitute(
+        console_routes=_console_routes(console),
+        console_reply_mappers=_console_reply_mappers(console),
+        max_direct_response_bytes=MAX_CONSOLE_FILE_BYTES,
         admin=_admin_block(settings.admin_socket),
         rest_host=_q(settings.rest_host),
         rest_port=settings.rest_port,

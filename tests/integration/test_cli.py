@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -220,6 +222,41 @@ def test_up_opens_the_edge_admin_socket_only_when_asked(tmp_path: Path) -> None:
         assert stat.S_ISSOCK(admin.stat().st_mode)
         assert stat.S_IMODE(admin.stat().st_mode) == 0o600
         assert admin_status(admin, "/ready") == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_up_demo_prints_the_console_and_an_operator_who_can_use_it(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "orchestra"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    command = [str(exe), "up", "--demo", "--data-dir", str(tmp_path / "d"), "--workers", "1"]
+    command += ["--http-port", str(_free_port()), "--grpc-port", str(_free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(lines)
+        console = re.search(r"^console: (http://\S+/console/)$", text, re.MULTILINE)
+        operator = re.search(r"Console operator.*\n\s+client_id:\s+(\S+)\n\s+client_secret:\s+(\S+)", text)
+        assert console is not None, text
+        assert operator is not None, text
+        page = httpx.get(console.group(1), timeout=10)
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        base = console.group(1).removesuffix("/console/")
+        form = {"grant_type": "client_credentials", "client_id": operator[1], "client_secret": operator[2]}
+        token = httpx.post(f"{base}/oauth/token", data=form, timeout=10).json()["access_token"]
+        listed = httpx.get(
+            f"{base}/orchestra-ops/v1/definitions", headers={"authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert listed.status_code == 200
+        assert "expense_approval" in {d["definition_id"] for d in listed.json()["definitions"]}
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,17 @@ from orchestra_server.edge import (
     render_tenant_limits,
     validate_config,
 )
-from orchestra_server.edge.config import LUA_NAME, RATE_LIMIT_FILTER, TENANT_LIMITS_FILE, edge_dir
+from orchestra_server.edge.config import (
+    CONSOLE_CACHE_CONTROL,
+    CONSOLE_CONTENT_SECURITY_POLICY,
+    CONSOLE_VENDOR_CACHE_CONTROL,
+    LUA_NAME,
+    MAX_CONSOLE_FILE_BYTES,
+    RATE_LIMIT_FILTER,
+    TENANT_LIMITS_FILE,
+    console_files,
+    edge_dir,
+)
 from orchestra_server.wire.message_sizes import MAX_REST_RESPONSE_BYTES, protobuf_bound
 
 pytestmark = pytest.mark.timeout(60)
@@ -264,3 +275,58 @@ def test_an_edge_without_rate_limits_writes_no_limits_file(tmp_path: Path) -> No
     edge = EnvoyProcess(settings, tmp_path, tenant_limits={"acme": TenantRateLimit(3, 5)})
     validate_config(edge.write_config())
     assert not (edge.limits_dir / TENANT_LIMITS_FILE).exists()
+
+
+# -- the web console's static files ---------------------------------------------------------------
+
+
+def _console(tmp_path: Path) -> Path:
+    console = tmp_path / "console"
+    (console / "vendor").mkdir(parents=True)
+    (console / "index.html").write_text("<!doctype html><title>t</title>\n", encoding="utf-8")
+    (console / "app.js").write_text("export {};\n", encoding="utf-8")
+    (console / "site.css").write_text("body {}\n", encoding="utf-8")
+    (console / "vendor" / "layout.js").write_text("export default {};\n", encoding="utf-8")
+    (console / "package.json").write_text("{}\n", encoding="utf-8")
+    (console / "notes.md").write_text("not served\n", encoding="utf-8")
+    return console
+
+
+def test_console_files_are_the_served_kinds_only(tmp_path: Path) -> None:
+    files = {item.url_path: item for item in console_files(_console(tmp_path))}
+    assert set(files) == {"/console/", "/console/app.js", "/console/site.css", "/console/vendor/layout.js"}
+    assert files["/console/"].content_type == "text/html; charset=utf-8"
+    assert files["/console/app.js"].content_type == "text/javascript; charset=utf-8"
+    assert files["/console/site.css"].content_type == "text/css; charset=utf-8"
+    assert files["/console/app.js"].cache_control == CONSOLE_CACHE_CONTROL
+    assert files["/console/vendor/layout.js"].cache_control == CONSOLE_VENDOR_CACHE_CONTROL
+
+
+def test_a_console_without_an_index_or_with_an_oversized_file_is_refused(tmp_path: Path) -> None:
+    console = _console(tmp_path)
+    (console / "big.js").write_bytes(b" " * (MAX_CONSOLE_FILE_BYTES + 1))
+    with pytest.raises(ValueError, match=r"big\.js"):
+        console_files(console)
+    (console / "big.js").unlink()
+    (console / "index.html").unlink()
+    with pytest.raises(ValueError, match=r"no index\.html"):
+        console_files(console)
+
+
+def test_the_console_routes_validate_and_carry_the_security_headers(tmp_path: Path) -> None:
+    settings = EdgeSettings(
+        rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),), console_dir=_console(tmp_path)
+    )
+    path = _write(tmp_path, settings)
+    validate_config(path)
+    text = path.read_text(encoding="utf-8")
+    assert text.count("direct_response:") == 4
+    assert text.count(json.dumps(CONSOLE_CONTENT_SECURITY_POLICY)) == 4
+    assert "path_redirect" in text
+    assert "'unsafe-inline'" not in text
+
+
+def test_without_a_console_directory_there_are_no_console_routes(tmp_path: Path) -> None:
+    path = _write(tmp_path, EdgeSettings(rest_port=18080, upstreams=(Upstream("127.0.0.1", 50051),)))
+    validate_config(path)
+    assert "/console" not in path.read_text(encoding="utf-8")
