@@ -41,19 +41,19 @@ DESCRIPTIONS = {
     "search_incident": "SearchInstances (100) with `has_incident=true` (1 instance in 100 has one),"
     " as an operator",
     "list_incidents": "ListIncidents first page (100), oldest first, as an operator",
-    "search_incident_20": "as search_incident, a page of 20 (a screen of the console)",
-    "list_incidents_20": "as list_incidents, a page of 20 (a screen of the console)",
+    "search_incident_25": "as search_incident, a page of 25 (the console's instances page)",
+    "list_incidents_50": "as list_incidents, a page of 50 (the console's incidents page)",
 }
 # The operations API's reads through REST as a consumer with `operate orchestra`: each one's
 # path under OPS ({} is a key from the search file) and the list its answer carries. The
 # incident reads cost per item (mostly the edge's JSON transcoding), so they run at the
-# default page of 100 and at a screen's 20.
+# default page of 100 and at the pages the console asks for.
 OPERATION_PATHS = {
     "search_variable": ("instances?page_size=100&variable={}", "instances"),
     "search_incident": ("instances?has_incident=true&page_size=100", "instances"),
     "list_incidents": ("incidents?page_size=100", "incidents"),
-    "search_incident_20": ("instances?has_incident=true&page_size=20", "instances"),
-    "list_incidents_20": ("incidents?page_size=20", "incidents"),
+    "search_incident_25": ("instances?has_incident=true&page_size=25", "instances"),
+    "list_incidents_50": ("incidents?page_size=50", "incidents"),
 }
 OPERATIONS = tuple(OPERATION_PATHS)
 # The variable every seeded instance of the grown tenant carries with its own id as value.
