@@ -253,38 +253,25 @@ def _search_sql(
         # Driven by the tenant's incident tokens, newest instance first, so a page costs its own
         # rows however many incidents or instances the tenant has; an instance with several
         # incidents is met once, at its first incident token.
-        conditions[:0] = [
+        driving = [
             "t.tenant_id = :tenant",
             "t.status = 'incident'",
             "NOT EXISTS (SELECT 1 FROM tokens y WHERE y.instance_seq = t.instance_seq"
             " AND y.status = 'incident' AND y.id < t.id)",
+            "i.seq = t.instance_seq",
         ]
-        if position:
-            conditions.append("t.instance_seq < :before_seq")
-        where = " AND ".join(conditions)
-        return Sql(
-            f"SELECT {columns} FROM tokens t JOIN instances i ON i.seq = t.instance_seq"  # noqa: S608
-            f" JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
-            " ORDER BY t.instance_seq DESC LIMIT :limit"
-        )
+        return _driven_search(columns, "tokens t", "t.instance_seq", driving + conditions, position)
     if first_probe:
         # Driven by the tenant's matches of the first value, newest instance first (the index
         # on tenant, name, digest and instance), so a page reads its own rows however many
-        # instances the tenant or other tenants have; CROSS JOIN keeps SQLite on that order.
-        conditions[:0] = [
+        # instances the tenant or other tenants have.
+        driving = [
             "v0.tenant_id = :tenant",
             "v0.name = :name0",
             "v0.value_digest = :digest0",
             "i.seq = v0.instance_seq",
         ]
-        if position:
-            conditions.append("v0.instance_seq < :before_seq")
-        where = " AND ".join(conditions)
-        return Sql(
-            f"SELECT {columns} FROM variables v0 CROSS JOIN instances i"  # noqa: S608
-            f" JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
-            " ORDER BY v0.instance_seq DESC LIMIT :limit"
-        )
+        return _driven_search(columns, "variables v0", "v0.instance_seq", driving + conditions, position)
     if position:
         conditions.append("i.seq < :before_seq")
     where = " AND ".join(conditions)
@@ -293,6 +280,20 @@ def _search_sql(
         f"SELECT {columns}"  # noqa: S608
         f" FROM instances i JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
         " ORDER BY i.seq DESC LIMIT :limit"
+    )
+
+
+def _driven_search(columns: str, source: str, seq: str, conditions: list[str], position: bool) -> Sql:
+    """A search walking `source` (aliased) newest instance first by its column `seq`, joined to
+    the instance and its definition; CROSS JOIN keeps SQLite on that order, so the LIMIT ends
+    the walk after one page."""
+    if position:
+        conditions = [*conditions, f"{seq} < :before_seq"]
+    where = " AND ".join(conditions)
+    return Sql(
+        f"SELECT {columns} FROM {source} CROSS JOIN instances i"  # noqa: S608 (fixed names only)
+        f" JOIN definitions d ON d.pk = i.definition_pk WHERE {where}"
+        f" ORDER BY {seq} DESC LIMIT :limit"
     )
 
 

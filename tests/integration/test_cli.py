@@ -202,22 +202,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _start_up(*options: str) -> tuple[subprocess.Popen[str], str]:
+    """`orchestra up` with `options` on free ports, and what it printed until it was ready (or
+    ended); the caller stops it."""
+    exe = Path(sys.executable).parent / "orchestra"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    command = [str(exe), "up", *options, "--http-port", str(_free_port()), "--grpc-port", str(_free_port())]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "Press Ctrl-C" in line:
+            break
+    return process, "".join(lines)
+
+
 @pytest.mark.timeout(120)
 def test_up_opens_the_edge_admin_socket_only_when_asked(tmp_path: Path) -> None:
     data_dir = tmp_path / "d"
-    exe = Path(sys.executable).parent / "orchestra"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
-    command = [str(exe), "up", "--data-dir", str(data_dir), "--workers", "1", "--edge-admin"]
-    command += ["--http-port", str(_free_port()), "--grpc-port", str(_free_port())]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process, text = _start_up("--data-dir", str(data_dir), "--workers", "1", "--edge-admin")
     try:
-        assert process.stdout is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        assert "Press Ctrl-C" in "".join(lines), "".join(lines)
+        assert "Press Ctrl-C" in text, text
         admin = data_dir / "edge" / "admin.sock"
         assert stat.S_ISSOCK(admin.stat().st_mode)
         assert stat.S_IMODE(admin.stat().st_mode) == 0o600
@@ -229,19 +235,8 @@ def test_up_opens_the_edge_admin_socket_only_when_asked(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_up_demo_prints_the_console_and_an_operator_who_can_use_it(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "orchestra"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
-    command = [str(exe), "up", "--demo", "--data-dir", str(tmp_path / "d"), "--workers", "1"]
-    command += ["--http-port", str(_free_port()), "--grpc-port", str(_free_port())]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process, text = _start_up("--demo", "--data-dir", str(tmp_path / "d"), "--workers", "1")
     try:
-        assert process.stdout is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        text = "".join(lines)
         console = re.search(r"^console: (http://\S+/console/)$", text, re.MULTILINE)
         operator = re.search(r"Console operator.*\n\s+client_id:\s+(\S+)\n\s+client_secret:\s+(\S+)", text)
         assert console is not None, text

@@ -11,7 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from orchestra_server.engine.model import IncidentKind, Retry
 from orchestra_server.storage.database import Database
@@ -69,6 +69,18 @@ def test_a_process_on_a_current_database_never_loads_the_migration_machinery(
 OLD_STEP_LIMIT_TEXT = "step limit reached: too many automatic moves in one step (a cycle without a wait?)"
 
 
+def _insert_definition(conn: Connection, at: datetime) -> None:
+    """One shared definition `d`, version 1 (pk 1), as every revision stores it."""
+    conn.execute(
+        text(
+            "INSERT INTO definitions"
+            " (tenant_key, definition_id, version, content, content_hash, deployed_at)"
+            " VALUES ('', 'd', 1, '{}', 'h', :at)"
+        ),
+        {"at": at},
+    )
+
+
 def _migrate(database: Database, revision: str, *, down: bool = False) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -83,14 +95,7 @@ def test_incidents_stored_before_kinds_get_one(database: Database) -> None:
     _migrate(database, "0001", down=True)
     at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
     with database.engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO definitions"
-                " (tenant_key, definition_id, version, content, content_hash, deployed_at)"
-                " VALUES ('', 'd', 1, '{}', 'h', :at)"
-            ),
-            {"at": at},
-        )
+        _insert_definition(conn, at)
         conn.execute(
             text(
                 "INSERT INTO instances"
@@ -127,14 +132,7 @@ def test_operations_columns_are_filled_for_what_was_stored_before(database: Data
     _migrate(database, "0002", down=True)
     at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
     with database.engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO definitions"
-                " (tenant_key, definition_id, version, content, content_hash, deployed_at)"
-                " VALUES ('', 'd', 1, '{}', 'h', :at)"
-            ),
-            {"at": at},
-        )
+        _insert_definition(conn, at)
         for seq, status in ((1, "running"), (2, "completed")):
             conn.execute(
                 text(
@@ -191,14 +189,7 @@ def test_variables_stored_before_take_their_instance_tenant(database: Database) 
         conn.execute(
             text("INSERT INTO tenants (id, label, created_at) VALUES ('acme', NULL, :at)"), {"at": at}
         )
-        conn.execute(
-            text(
-                "INSERT INTO definitions"
-                " (tenant_key, definition_id, version, content, content_hash, deployed_at)"
-                " VALUES ('', 'd', 1, '{}', 'h', :at)"
-            ),
-            {"at": at},
-        )
+        _insert_definition(conn, at)
         for seq, tenant in ((1, "default"), (2, "acme")):
             conn.execute(
                 text(
