@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,6 +44,16 @@ def _until(condition: Callable[[], bool], seconds: float = APPLY_SECONDS) -> flo
     return time.monotonic() - started
 
 
+@contextlib.contextmanager
+def _edge(service: Service, tmp_path: Path, **settings: Any) -> Iterator[EnvoyProcess]:
+    """An edge before the service with the given rate limit settings, stopped afterwards."""
+    running = start_edge(tmp_path, (Upstream("127.0.0.1", service.port),), **settings)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture
 def default_edge(service: Service, tmp_path: Path) -> Iterator[EnvoyProcess]:
     """An edge with the default limit for every tenant, and none of their own yet."""
@@ -55,13 +67,12 @@ def default_edge(service: Service, tmp_path: Path) -> Iterator[EnvoyProcess]:
 def test_a_tenant_over_its_own_limit_gets_429_while_another_is_unaffected(
     service: Service, tmp_path: Path, acme: Consumer, globex: Consumer
 ) -> None:
-    edge = start_edge(
+    with _edge(
+        service,
         tmp_path,
-        (Upstream("127.0.0.1", service.port),),
         tenant_limits={acme.tenant: LOW},
         tenant_rate_limit=TenantRateLimit(),
-    )
-    try:
+    ) as edge:
         responses = _pings(edge.rest_url, acme, 8)
         statuses = [r.status_code for r in responses]
         assert statuses.count(200) >= LOW.burst
@@ -71,8 +82,6 @@ def test_a_tenant_over_its_own_limit_gets_429_while_another_is_unaffected(
             assert_error(response, 429, "rate limit exceeded")
         # The other tenant has the default bucket, and it is its own.
         assert _statuses(edge.rest_url, globex, 20) == Counter({200: 20})
-    finally:
-        edge.stop()
 
 
 def test_a_running_edge_takes_a_new_limit_without_a_restart_or_a_dropped_request(
@@ -121,30 +130,24 @@ def test_a_running_edge_takes_a_new_limit_without_a_restart_or_a_dropped_request
 def test_a_tenant_s_own_0_lifts_its_limit_while_the_others_keep_the_default(
     service: Service, tmp_path: Path, acme: Consumer, globex: Consumer
 ) -> None:
-    edge = start_edge(
+    with _edge(
+        service,
         tmp_path,
-        (Upstream("127.0.0.1", service.port),),
         tenant_limits={acme.tenant: TenantRateLimit.OFF},
         tenant_rate_limit=LOW,
-    )
-    try:
+    ) as edge:
         assert _statuses(edge.rest_url, acme, 30) == Counter({200: 30})
         assert _statuses(edge.rest_url, globex, 6)[429] > 0
-    finally:
-        edge.stop()
 
 
 def test_with_the_default_off_only_tenants_with_their_own_limit_are_limited(
     service: Service, tmp_path: Path, acme: Consumer, globex: Consumer
 ) -> None:
-    edge = start_edge(
+    with _edge(
+        service,
         tmp_path,
-        (Upstream("127.0.0.1", service.port),),
         tenant_limits={acme.tenant: LOW},
         tenant_rate_limit=TenantRateLimit.OFF,
-    )
-    try:
+    ) as edge:
         assert _statuses(edge.rest_url, acme, 6)[429] > 0
         assert _statuses(edge.rest_url, globex, 30) == Counter({200: 30})
-    finally:
-        edge.stop()
