@@ -10,6 +10,9 @@ PROTO_FILES := $(shell find proto/orchestra -name '*.proto' | sort)
 CONSOLE := orchestra_server/console
 CONSOLE_STAMP := $(CONSOLE)/vendor/.installed
 DAGRE_DIST := $(CONSOLE)/node_modules/@dagrejs/dagre/dist
+# puppeteer-core, which drives Firefox ESR for the console's Firefox test (tests only).
+FIREFOX_CHECKS := tests/console/firefox
+FIREFOX_CHECKS_STAMP := $(FIREFOX_CHECKS)/node_modules/.installed
 
 .PHONY: install run test soak gen lint bench clean release-proto browser screenshots
 
@@ -27,20 +30,27 @@ $(CONSOLE_STAMP): $(CONSOLE)/package-lock.json $(CONSOLE)/package.json
 	cp $(DAGRE_DIST)/dagre.esm.js.LEGAL.txt $(CONSOLE)/vendor/dagre.LEGAL.txt
 	touch $@
 
-# Debian's Chromium for the console's browser tests (Playwright drives it; its own browser
-# builds cannot be downloaded). Installed when missing and we are root; otherwise those tests
-# skip with a reason (and fail under CI=true).
-browser:
-	@if command -v chromium >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq chromium >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; }; \
-	else \
-		echo "note: no chromium; install Debian's chromium package to run the console's browser tests"; \
-	fi
+$(FIREFOX_CHECKS_STAMP): $(FIREFOX_CHECKS)/package-lock.json $(FIREFOX_CHECKS)/package.json
+	cd $(FIREFOX_CHECKS) && npm ci --no-audit --no-fund --silent
+	touch $@
 
-install: $(STAMP) $(CONSOLE_STAMP) browser
+# Debian's Chromium and Firefox ESR for the console's browser tests (Playwright drives
+# Chromium, puppeteer-core drives Firefox over WebDriver BiDi; neither tool's own browser
+# builds can be downloaded). Each is installed when missing and we are root; otherwise its
+# tests skip with a reason (and fail under CI=true).
+browser:
+	@for package in chromium firefox-esr; do \
+		if command -v $$package >/dev/null 2>&1; then :; \
+		elif [ "$$(id -u)" = 0 ]; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq $$package >/dev/null 2>&1 || \
+			{ apt-get update -qq >/dev/null && apt-get install -y -qq $$package >/dev/null; }; \
+		else \
+			echo "note: no $$package; install Debian's $$package package to run the console's tests in it"; \
+		fi; \
+	done
+
+install: $(STAMP) $(CONSOLE_STAMP) $(FIREFOX_CHECKS_STAMP) browser
 
 run: $(STAMP) $(CONSOLE_STAMP)
 	$(BIN)/orchestra up --demo
@@ -49,7 +59,7 @@ run: $(STAMP) $(CONSOLE_STAMP)
 screenshots: install
 	$(BIN)/python -m tests.console.screenshots docs/console
 
-test: $(STAMP) $(CONSOLE_STAMP) browser
+test: $(STAMP) $(CONSOLE_STAMP) $(FIREFOX_CHECKS_STAMP) browser
 	$(BIN)/python -m pytest
 
 # Heavier reliability runs than make test: more kill -9 cycles, more fuzz cases, longer property runs.
@@ -85,4 +95,5 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CONSOLE)/node_modules $(CONSOLE)/vendor
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CONSOLE)/node_modules $(CONSOLE)/vendor \
+		$(FIREFOX_CHECKS)/node_modules

@@ -65,7 +65,7 @@ export function mount(main, ctx, selectedId) {
     fill(detail,
       h("div", { class: "detail-head" },
         h("h2", { id: "definition-title" }, summary.label || summary.definition_id),
-        h("label", { for: "definition-version" }, "Version"), versionSelect,
+        h("span", { class: "pick" }, h("label", { for: "definition-version" }, "Version"), versionSelect),
         h("a", { class: "button", href: `#/instances?definition_id=${encodeURIComponent(summary.definition_id)}` }, "Show its instances")),
       facts,
       legend(),

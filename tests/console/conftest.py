@@ -1,9 +1,10 @@
 """The console's browser tests: one real stack (service on SQLite behind the real edge, which
-serves the console) and one Chromium per module, driven by Playwright.
+serves the console) per module, and one Chromium per module driven by Playwright.
 
 Debian's Chromium is used (`make install` puts it at /usr/bin/chromium); Playwright's own
 browser builds cannot be downloaded here. Without it the tests skip with a reason, and under
-CI=true they fail instead.
+CI=true they fail instead. The Firefox ESR test (test_console_firefox.py) shares the stack
+through run_console_stack and checks for its own browser.
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ class ConsoleStack:
 @pytest.fixture(scope="module")
 def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     require_browser()
+    yield from run_console_stack(tmp_path_factory)
+
+
+def run_console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
+    """The tenant, definitions, operator role and consumers, the service and the edge that
+    serves the console; a module's fixture checks first that its browser is here."""
     if not (CONSOLE_DIR / "vendor" / "dagre.js").is_file():
         pytest.fail("the console's layout library is missing: run make install")
     data_dir = tmp_path_factory.mktemp("console-data")
