@@ -32,6 +32,7 @@ from orchestra_server.service.operations import OperationsService
 from orchestra_server.service.processes import ProcessService
 from orchestra_server.transport.decoding import RequestDecodingInterceptor
 from orchestra_server.transport.guard import Authenticates, GuardInterceptor
+from orchestra_server.transport.interception import WrapperChain
 from orchestra_server.transport.operations import OperationsServicer
 from orchestra_server.transport.reflection import enable_reflection
 from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
@@ -85,12 +86,15 @@ def create_server(
     options = options or ServerOptions()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
-        # Observability first: it must also see the calls the guard refuses. Decoding last:
-        # the decoder it wraps is the one every outer handler passes on.
+        # One interceptor wrapping each method's handler in three layers. Observability
+        # outermost: it must also see the calls the guard refuses. Decoding innermost: the
+        # decoder it wraps is the one every outer handler passes on.
         interceptors=[
-            ObservabilityInterceptor(deps.metrics),
-            GuardInterceptor(recording_caller(deps.authenticate), deps.clock),
-            RequestDecodingInterceptor(),
+            WrapperChain(
+                ObservabilityInterceptor(deps.metrics),
+                GuardInterceptor(recording_caller(deps.authenticate), deps.clock),
+                RequestDecodingInterceptor(),
+            )
         ],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
