@@ -3,7 +3,8 @@
 SQLAlchemy's execution layer (execution context, bind and result processors, events, result
 metadata) cost more per statement than SQLite's own work for these small statements, and
 they are simple enough to keep as SQL: written once with `:name` parameters, rendered for
-each driver's parameter style, run inside the transaction the caller's `Connection` holds.
+each driver's parameter style, run inside the transaction the caller's session holds (a
+`Connection`, or on the hot path a `database.DriverSession` with no Connection at all).
 Driver errors come out wrapped in SQLAlchemy's own exception types, and a lost PostgreSQL
 connection is invalidated. Unlike SQLAlchemy's own execution, only that one connection is
 discarded (the rest of the pool is checked by the idle ping instead), and these statements
