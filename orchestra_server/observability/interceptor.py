@@ -76,14 +76,7 @@ class ObservabilityInterceptor(MethodWrapper):
                 status = "UNKNOWN" if failed and code is None else status_name(code)
                 observe(rpc, status, seconds)
                 if access_log.isEnabledFor(level):
-                    access_log.log(
-                        level,
-                        "%s %s %.2f ms",
-                        rpc,
-                        status,
-                        seconds * 1000,
-                        extra={"status": status, "duration_ms": round(seconds * 1000, 3)},
-                    )
+                    access_log.handle(access_record(level, rpc, status, seconds))
                 unbind_request(token)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -91,6 +84,21 @@ class ObservabilityInterceptor(MethodWrapper):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def access_record(level: int, rpc: str, status: str, seconds: float) -> logging.LogRecord:
+    """The access line of one call, built as `Logger.log` would build it but without looking
+    up the calling frame, the part of a line that costs most and that an access line never shows.
+
+    Handed to `Logger.handle`, it meets the same filters and handlers as any other line.
+    """
+    milliseconds = seconds * 1000
+    record = logging.LogRecord(
+        access_log.name, level, __file__, 0, "%s %s %.2f ms", (rpc, status, milliseconds), None, "observed"
+    )
+    record.status = status
+    record.duration_ms = round(milliseconds, 3)
+    return record
 
 
 def recording_caller(authenticate: Authenticates) -> Authenticates:

@@ -30,6 +30,7 @@ from orchestra_server.service import limits
 from orchestra_server.service.definitions import parse_stored
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage.database import Database
+from orchestra_server.storage.statements import Session
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
@@ -102,7 +103,7 @@ class DefinitionCache:
     _entries: OrderedDict[int, Definition] = field(default_factory=OrderedDict)
     _lock: Lock = field(default_factory=Lock)
 
-    def get(self, conn: Connection, pk: int, content: str | None = None) -> Definition:
+    def get(self, conn: Session, pk: int, content: str | None = None) -> Definition:
         with self._lock:
             found = self._entries.get(pk)
             if found is not None:
@@ -175,7 +176,7 @@ class ProcessService:
         idempotency_key: str | None,
         request_hash: str | None,
     ) -> str:
-        with self._db.writing() as conn:
+        with self._db.driver_writing() as conn:
             now = self._clock()
             if idempotency_key is not None and request_hash is not None:
                 earlier = repo.find_idempotency_key(
@@ -230,7 +231,7 @@ class ProcessService:
     def get_instance(self, caller: Caller, instance_id: str) -> InstanceView:
         if not limits.is_plausible_id(instance_id):
             raise InstanceNotFound()
-        with self._db.reading() as conn:
+        with self._db.driver_reading() as conn:
             found = repo.instance_with_tokens(conn, caller.tenant_id, instance_id)
         if found is None:
             raise InstanceNotFound()
@@ -268,7 +269,7 @@ class ProcessService:
         ):
             # A filter nothing can match: an empty page, as for any other unmatched filter.
             return InstancePage(())
-        with self._db.reading() as conn:
+        with self._db.driver_reading() as conn:
             rows = repo.list_instances(
                 conn,
                 caller.tenant_id,
@@ -298,7 +299,7 @@ class ProcessService:
         text = limits.encode_value(name, value)
         if not limits.is_plausible_id(instance_id):
             raise InstanceNotWritable()
-        with self._db.writing() as conn:
+        with self._db.driver_writing() as conn:
             header = repo.find_instance(conn, caller.tenant_id, instance_id, lock=True)
             if header is None or header.status is not InstanceStatus.RUNNING:
                 raise InstanceNotWritable()
@@ -324,7 +325,7 @@ class ProcessService:
         encoded = limits.encode_variables(dict(variables)) if variables else None
         if not limits.is_plausible_id(token_id):
             raise TokenNotParked()
-        with self._db.writing() as conn:
+        with self._db.driver_writing() as conn:
             self._advance_in(conn, caller, token_id, action="token.signal", fire=False, variables=encoded)
 
     def fire_due_token(self, tenant_id: str, token_id: str) -> bool:
@@ -363,7 +364,7 @@ class ProcessService:
 
     def _advance_in(
         self,
-        conn: Connection,
+        conn: Session,
         caller: Caller,
         token_id: str,
         *,
@@ -429,7 +430,7 @@ class ProcessService:
         )
 
 
-def write_variables(conn: Connection, tenant_id: str, instance_seq: int, encoded: dict[str, str]) -> None:
+def write_variables(conn: Session, tenant_id: str, instance_seq: int, encoded: dict[str, str]) -> None:
     """Sets checked variables of a running instance within its published total, or LimitExceeded."""
     sizes = repo.variable_sizes(conn, instance_seq)
     for name, text in encoded.items():

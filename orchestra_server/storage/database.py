@@ -8,15 +8,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import InterfaceError as DbInterfaceError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from orchestra_server.errors import Overloaded, Unavailable
 
@@ -184,6 +186,55 @@ class Database:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def driver_reading(self) -> Iterator[DriverSession]:
+        """A read of one statement (storage.statements) on the pooled driver connection itself.
+
+        None of SQLAlchemy's per-connection work (a Connection, its transaction, events) and no
+        transaction at all: the one statement reads one snapshot by itself, on SQLite as on
+        PostgreSQL. A read of several statements that must agree belongs in `reading`.
+        """
+        with _translate_outage(self.faults), _wrapped_driver_errors(self.engine.dialect):
+            pooled = self.engine.raw_connection()
+            driver: Any = pooled.dbapi_connection
+            postgres = self.is_postgres
+            try:
+                if postgres:
+                    # As `reading` does it: no BEGIN and no ROLLBACK round trips around the read.
+                    driver.autocommit = True
+                yield DriverSession(self.engine.dialect, pooled)
+            finally:
+                try:
+                    if postgres and pooled.is_valid:
+                        driver.autocommit = False
+                finally:
+                    pooled.close()
+
+    @contextmanager
+    def driver_writing(self) -> Iterator[DriverSession]:
+        """`writing` for statements of storage.statements only, on the pooled driver connection:
+        the same transaction (BEGIN IMMEDIATE after the writer's turn on SQLite; on PostgreSQL the
+        driver's own transaction, rows locked by the statements), committed when the block ends
+        and rolled back on any error, without SQLAlchemy's per-connection work.
+        """
+        turn = self.writers.turn() if self.writers is not None else nullcontext()
+        with turn, _translate_outage(self.faults), _wrapped_driver_errors(self.engine.dialect):
+            pooled = self.engine.raw_connection()
+            driver: Any = pooled.dbapi_connection
+            try:
+                if not self.is_postgres:
+                    driver.execute("BEGIN IMMEDIATE")
+                yield DriverSession(self.engine.dialect, pooled)
+                driver.commit()
+            except BaseException:
+                if pooled.is_valid:
+                    # A failed rollback leaves the connection to the pool's reset or invalidation.
+                    with suppress(Exception):
+                        driver.rollback()
+                raise
+            finally:
+                pooled.close()
+
     def check_writable(self) -> None:
         """Raises Unavailable when the database cannot serve: while writes have been failing,
         by trying one; otherwise by reading."""
@@ -199,6 +250,29 @@ class Database:
         self.engine.dispose()
         if self.writers is not None:
             self.writers.close()
+
+
+class DriverSession:
+    """A pooled driver connection as storage.statements use it (statements.Session)."""
+
+    __slots__ = ("connection", "dialect")
+
+    def __init__(self, dialect: Dialect, connection: PoolProxiedConnection) -> None:
+        self.dialect = dialect
+        self.connection = connection
+
+    def invalidate(self, exception: BaseException | None = None) -> None:
+        self.connection.invalidate(exception)
+
+
+@contextmanager
+def _wrapped_driver_errors(dialect: Dialect) -> Iterator[None]:
+    """Driver errors raised outside a statement (connecting, BEGIN, COMMIT) as SQLAlchemy's
+    exception types, as a Connection would raise them, so outages are told apart as for `writing`."""
+    try:
+        yield
+    except dialect.loaded_dbapi.Error as exc:
+        raise sa_exc.DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error) from exc
 
 
 @contextmanager

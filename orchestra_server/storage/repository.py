@@ -22,7 +22,15 @@ from orchestra_server.storage.schema import (
     TokenRow,
     VariableRow,
 )
-from orchestra_server.storage.statements import Sql, bind_time, execute, execute_many, is_sqlite, read_time
+from orchestra_server.storage.statements import (
+    Session,
+    Sql,
+    bind_time,
+    execute,
+    execute_many,
+    is_sqlite,
+    read_time,
+)
 
 # Re-exported: the services fingerprint requests with the very text storage keeps.
 from orchestra_server.wire.json_text import dump_json as dump_json
@@ -101,6 +109,15 @@ SQL_OTHER_VARIABLES_SIZE_POSTGRES = Sql(_OTHER_VARIABLES_SIZE.format(value_bytes
 _VARIABLE_SIZES = "SELECT name, LENGTH(name) + {value_bytes} FROM variables WHERE instance_seq = :seq"
 SQL_VARIABLE_SIZES_SQLITE = Sql(_VARIABLE_SIZES.format(value_bytes="LENGTH(CAST(value AS BLOB))"))
 SQL_VARIABLE_SIZES_POSTGRES = Sql(_VARIABLE_SIZES.format(value_bytes="OCTET_LENGTH(value)"))
+SQL_FIND_IDEMPOTENCY_KEY = Sql(
+    "SELECT request_hash, instance_id FROM idempotency_keys"
+    " WHERE tenant_id = :tenant AND key = :key AND created_at >= :not_before"
+)
+SQL_FORGET_IDEMPOTENCY_KEY = Sql("DELETE FROM idempotency_keys WHERE tenant_id = :tenant AND key = :key")
+SQL_STORE_IDEMPOTENCY_KEY = Sql(
+    "INSERT INTO idempotency_keys (tenant_id, key, request_hash, instance_id, created_at)"
+    " VALUES (:tenant, :key, :request_hash, :instance_id, :now)"
+)
 SQL_AUDIT = Sql(
     "INSERT INTO audit (at, tenant_id, actor, action, instance_id, detail)"
     " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)"
@@ -423,14 +440,14 @@ def insert_definition_version(
     )
 
 
-def definition_for_tenant(conn: Connection, tenant_id: str, definition_id: str) -> tuple[int, str] | None:
+def definition_for_tenant(conn: Session, tenant_id: str, definition_id: str) -> tuple[int, str] | None:
     """The newest version available to the tenant: its own scoped definition wins over a shared one."""
     parameters = {"definition_id": definition_id, "tenant": tenant_id}
     row = execute(conn, SQL_DEFINITION_FOR_TENANT, parameters).fetchone()
     return (int(row[0]), str(row[1])) if row else None
 
 
-def definition_content(conn: Connection, pk: int) -> str:
+def definition_content(conn: Session, pk: int) -> str:
     return str(_one(execute(conn, SQL_DEFINITION_CONTENT, {"pk": pk}))[0])
 
 
@@ -463,7 +480,7 @@ def list_definitions(conn: Connection, tenant_key: str | None) -> list[StoredDef
 
 
 def insert_instance(
-    conn: Connection,
+    conn: Session,
     *,
     instance_id: str,
     tenant_id: str,
@@ -509,19 +526,19 @@ def _one(cursor: Any) -> Sequence[Any]:
 
 
 def find_instance(
-    conn: Connection, tenant_id: str, instance_id: str, *, lock: bool = False
+    conn: Session, tenant_id: str, instance_id: str, *, lock: bool = False
 ) -> InstanceHeader | None:
     statement = SQL_FIND_INSTANCE_LOCKED if lock and _locks_rows(conn) else SQL_FIND_INSTANCE
     row = execute(conn, statement, {"id": instance_id, "tenant": tenant_id}).fetchone()
     return _header(row) if row else None
 
 
-def _locks_rows(conn: Connection) -> bool:
+def _locks_rows(conn: Session) -> bool:
     # SQLite has no row locks: its write transactions (BEGIN IMMEDIATE) hold the whole database.
     return not is_sqlite(conn)
 
 
-def lock_instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> InstanceHeader | None:
+def lock_instance_of_token(conn: Session, tenant_id: str, token_id: str) -> InstanceHeader | None:
     """The tenant's instance holding a live token, locked for the rest of the transaction.
 
     The token itself may be gone by the time the lock is granted; callers read the live
@@ -532,7 +549,7 @@ def lock_instance_of_token(conn: Connection, tenant_id: str, token_id: str) -> I
     return _header(row) if row else None
 
 
-def instance_with_tokens(conn: Connection, tenant_id: str, instance_id: str) -> InstanceState | None:
+def instance_with_tokens(conn: Session, tenant_id: str, instance_id: str) -> InstanceState | None:
     """The tenant's instance, its definition version, times and live tokens (oldest first): one query."""
     rows = execute(conn, SQL_INSTANCE_WITH_TOKENS, {"id": instance_id, "tenant": tenant_id}).fetchall()
     if not rows:
@@ -550,7 +567,7 @@ def instance_with_tokens(conn: Connection, tenant_id: str, instance_id: str) -> 
     return InstanceState(_header(first), int(first[6]), started_at, updated_at, tokens, read_time(first[16]))
 
 
-def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
+def live_tokens(conn: Session, instance_seq: int) -> list[Token]:
     rows = execute(conn, SQL_LIVE_TOKENS, {"seq": instance_seq}).fetchall()
     return [
         Token(
@@ -569,7 +586,7 @@ def live_tokens(conn: Connection, instance_seq: int) -> list[Token]:
     ]
 
 
-def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: Sequence[Token]) -> None:
+def insert_tokens(conn: Session, instance_seq: int, tenant_id: str, tokens: Sequence[Token]) -> None:
     if not tokens:
         return
     execute_many(
@@ -595,7 +612,7 @@ def insert_tokens(conn: Connection, instance_seq: int, tenant_id: str, tokens: S
     )
 
 
-def delete_tokens(conn: Connection, instance_seq: int, token_ids: Sequence[str]) -> int:
+def delete_tokens(conn: Session, instance_seq: int, token_ids: Sequence[str]) -> int:
     if not token_ids:
         return 0
     parameters: dict[str, Any] = {f"id{i}": token_id for i, token_id in enumerate(token_ids)}
@@ -606,7 +623,7 @@ def delete_tokens(conn: Connection, instance_seq: int, token_ids: Sequence[str])
     return count
 
 
-def set_instance_status(conn: Connection, seq: int, status: InstanceStatus, now: datetime) -> None:
+def set_instance_status(conn: Session, seq: int, status: InstanceStatus, now: datetime) -> None:
     """Sets the status; an instance that leaves `running` ends at `now`."""
     at = bind_time(conn, now)
     ended_at = None if status is InstanceStatus.RUNNING else at
@@ -615,18 +632,18 @@ def set_instance_status(conn: Connection, seq: int, status: InstanceStatus, now:
     ).close()
 
 
-def delete_instance_tokens(conn: Connection, instance_seq: int) -> None:
+def delete_instance_tokens(conn: Session, instance_seq: int) -> None:
     """Removes every live token of an instance, threshold-join markers included."""
     execute(conn, SQL_DELETE_INSTANCE_TOKENS, {"seq": instance_seq}).close()
 
 
-def touch_instance(conn: Connection, seq: int, now: datetime) -> None:
+def touch_instance(conn: Session, seq: int, now: datetime) -> None:
     """Records that the instance changed at `now` (its `updated_at`)."""
     execute(conn, SQL_TOUCH, {"now": bind_time(conn, now), "seq": seq}).close()
 
 
 def list_instances(
-    conn: Connection,
+    conn: Session,
     tenant_id: str,
     *,
     definition_id: str | None,
@@ -696,7 +713,7 @@ def due_backlog(conn: Connection, now: datetime) -> int:
 class StoredVariables(Mapping[str, Json]):
     """An instance's variables, read on first use: most advances evaluate no condition at all."""
 
-    def __init__(self, conn: Connection, instance_seq: int) -> None:
+    def __init__(self, conn: Session, instance_seq: int) -> None:
         self._conn = conn
         self._seq = instance_seq
         self._values: dict[str, Json] | None = None
@@ -716,7 +733,7 @@ class StoredVariables(Mapping[str, Json]):
         return len(self._load())
 
 
-def variables_of(conn: Connection, instance_seq: int) -> dict[str, Json]:
+def variables_of(conn: Session, instance_seq: int) -> dict[str, Json]:
     rows = execute(conn, SQL_VARIABLES, {"seq": instance_seq}).fetchall()
     return {name: json.loads(value) for name, value in rows}
 
@@ -749,7 +766,7 @@ def _comparison_form(value: Json) -> Json:
     return value
 
 
-def insert_variables(conn: Connection, tenant_id: str, instance_seq: int, values: dict[str, str]) -> None:
+def insert_variables(conn: Session, tenant_id: str, instance_seq: int, values: dict[str, str]) -> None:
     if values:
         rows = [
             {"seq": instance_seq, "tenant": tenant_id, "name": k, "value": v, "digest": value_digest(v)}
@@ -758,20 +775,20 @@ def insert_variables(conn: Connection, tenant_id: str, instance_seq: int, values
         execute_many(conn, SQL_INSERT_VARIABLE, rows)
 
 
-def variable_sizes(conn: Connection, instance_seq: int) -> dict[str, int]:
+def variable_sizes(conn: Session, instance_seq: int) -> dict[str, int]:
     """Each variable's name and value together in bytes, by name."""
     statement = SQL_VARIABLE_SIZES_SQLITE if is_sqlite(conn) else SQL_VARIABLE_SIZES_POSTGRES
     return {str(name): int(size) for name, size in execute(conn, statement, {"seq": instance_seq}).fetchall()}
 
 
-def other_variables_size(conn: Connection, instance_seq: int, name: str) -> tuple[int, int]:
+def other_variables_size(conn: Session, instance_seq: int, name: str) -> tuple[int, int]:
     """How many variables an instance holds besides `name`, and their names and values in bytes together."""
     statement = SQL_OTHER_VARIABLES_SIZE_SQLITE if is_sqlite(conn) else SQL_OTHER_VARIABLES_SIZE_POSTGRES
     count, size = _one(execute(conn, statement, {"seq": instance_seq, "name": name}))
     return int(count), int(size)
 
 
-def upsert_variable(conn: Connection, tenant_id: str, instance_seq: int, name: str, value: str) -> None:
+def upsert_variable(conn: Session, tenant_id: str, instance_seq: int, name: str, value: str) -> None:
     parameters = {"seq": instance_seq, "name": name, "value": value, "digest": value_digest(value)}
     cursor = execute(conn, SQL_UPDATE_VARIABLE, parameters)
     updated = cursor.rowcount
@@ -784,7 +801,7 @@ def upsert_variable(conn: Connection, tenant_id: str, instance_seq: int, name: s
 
 
 def record_audit(
-    conn: Connection,
+    conn: Session,
     *,
     at: datetime,
     tenant_id: str,
@@ -816,30 +833,26 @@ def read_audit(conn: Connection, tenant_id: str | None, limit: int) -> list[dict
 
 
 def find_idempotency_key(
-    conn: Connection, tenant_id: str, key: str, not_before: datetime
+    conn: Session, tenant_id: str, key: str, not_before: datetime
 ) -> tuple[str, str] | None:
-    row = conn.execute(
-        select(idempotency_t.c.request_hash, idempotency_t.c.instance_id).where(
-            idempotency_t.c.tenant_id == tenant_id,
-            idempotency_t.c.key == key,
-            idempotency_t.c.created_at >= not_before,
-        )
-    ).first()
-    return (row.request_hash, row.instance_id) if row else None
+    parameters = {"tenant": tenant_id, "key": key, "not_before": bind_time(conn, not_before)}
+    row = execute(conn, SQL_FIND_IDEMPOTENCY_KEY, parameters).fetchone()
+    return (str(row[0]), str(row[1])) if row else None
 
 
 def store_idempotency_key(
-    conn: Connection, *, tenant_id: str, key: str, request_hash: str, instance_id: str, now: datetime
+    conn: Session, *, tenant_id: str, key: str, request_hash: str, instance_id: str, now: datetime
 ) -> None:
     # An expired row with the same key is replaced; the caller holds the write lock.
-    conn.execute(
-        delete(idempotency_t).where(idempotency_t.c.tenant_id == tenant_id, idempotency_t.c.key == key)
-    )
-    conn.execute(
-        insert(idempotency_t).values(
-            tenant_id=tenant_id, key=key, request_hash=request_hash, instance_id=instance_id, created_at=now
-        )
-    )
+    execute(conn, SQL_FORGET_IDEMPOTENCY_KEY, {"tenant": tenant_id, "key": key}).close()
+    parameters = {
+        "tenant": tenant_id,
+        "key": key,
+        "request_hash": request_hash,
+        "instance_id": instance_id,
+        "now": bind_time(conn, now),
+    }
+    execute(conn, SQL_STORE_IDEMPOTENCY_KEY, parameters).close()
 
 
 def forget_idempotency_keys(conn: Connection, older_than: datetime) -> int:
@@ -863,7 +876,7 @@ def count_instances_by_status(conn: Connection) -> dict[str, int]:
 
 
 def search_instances(
-    conn: Connection,
+    conn: Session,
     tenant_id: str,
     query: InstanceQuery,
     *,
@@ -928,7 +941,7 @@ def _time(value: Any) -> datetime:
 
 
 def list_incidents(
-    conn: Connection,
+    conn: Session,
     tenant_id: str,
     *,
     definition_id: str | None,
@@ -963,7 +976,7 @@ def list_incidents(
 
 
 def instance_history(
-    conn: Connection, tenant_id: str, instance_id: str, *, after_seq: int | None, limit: int
+    conn: Session, tenant_id: str, instance_id: str, *, after_seq: int | None, limit: int
 ) -> list[AuditEntry]:
     """The instance's audit rows, oldest first."""
     parameters: dict[str, Any] = {"tenant": tenant_id, "id": instance_id, "limit": limit}
@@ -975,23 +988,23 @@ def instance_history(
     return [AuditEntry(int(r[0]), _time(r[1]), r[2], r[3], json.loads(r[4])) for r in rows]
 
 
-def visible_definitions(conn: Connection, tenant_id: str) -> list[VisibleDefinition]:
+def visible_definitions(conn: Session, tenant_id: str) -> list[VisibleDefinition]:
     """Every version of every definition the tenant can see, its own and shared ones."""
     rows = execute(conn, SQL_VISIBLE_DEFINITIONS, {"tenant": tenant_id}).fetchall()
     return [VisibleDefinition(int(r[0]), r[1], r[2], int(r[3]), _time(r[4])) for r in rows]
 
 
-def running_by_definition_pk(conn: Connection, tenant_id: str) -> dict[int, int]:
+def running_by_definition_pk(conn: Session, tenant_id: str) -> dict[int, int]:
     rows = execute(conn, SQL_RUNNING_BY_DEFINITION_PK, {"tenant": tenant_id}).fetchall()
     return {int(pk): int(count) for pk, count in rows}
 
 
-def incidents_by_definition(conn: Connection, tenant_id: str) -> dict[str, int]:
+def incidents_by_definition(conn: Session, tenant_id: str) -> dict[str, int]:
     rows = execute(conn, SQL_INCIDENTS_BY_DEFINITION, {"tenant": tenant_id}).fetchall()
     return {str(definition_id): int(count) for definition_id, count in rows}
 
 
-def tokens_by_node(conn: Connection, tenant_id: str, definition_pk: int) -> dict[tuple[str, str], int]:
+def tokens_by_node(conn: Session, tenant_id: str, definition_pk: int) -> dict[tuple[str, str], int]:
     """The tenant's live tokens in instances of one definition version, by (node, status)."""
     rows = execute(conn, SQL_TOKENS_BY_NODE, {"tenant": tenant_id, "pk": definition_pk}).fetchall()
     return {(str(node), str(status)): int(count) for node, status, count in rows}

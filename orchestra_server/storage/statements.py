@@ -3,7 +3,8 @@
 SQLAlchemy's execution layer (execution context, bind and result processors, events, result
 metadata) cost more per statement than SQLite's own work for these small statements, and
 they are simple enough to keep as SQL: written once with `:name` parameters, rendered for
-each driver's parameter style, run inside the transaction the caller's `Connection` holds.
+each driver's parameter style, run inside the transaction the caller's session holds (a
+`Connection`, or on the hot path a `database.DriverSession` with no Connection at all).
 Driver errors come out wrapped in SQLAlchemy's own exception types, and a lost PostgreSQL
 connection is invalidated. Unlike SQLAlchemy's own execution, only that one connection is
 discarded (the rest of the pool is checked by the idle ping instead), and these statements
@@ -15,10 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.pool import PoolProxiedConnection
 
 from orchestra_server.storage.schema import stored_to_utc, to_utc
 
@@ -37,21 +39,35 @@ class Sql:
         self.postgres = _PARAMETER.sub(r"%(\1)s", statement)
 
 
-def is_sqlite(conn: Connection) -> bool:
+class Session(Protocol):
+    """What these statements use of a connection: its dialect, the pooled driver connection and
+    a way to discard it. SQLAlchemy's `Connection` is one; `database.DriverSession`, which skips
+    SQLAlchemy's per-connection work, is the other."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    @property
+    def connection(self) -> PoolProxiedConnection: ...
+
+    def invalidate(self, exception: BaseException | None = None) -> None: ...
+
+
+def is_sqlite(conn: Session) -> bool:
     return conn.dialect.name == "sqlite"
 
 
-def execute(conn: Connection, sql: Sql, parameters: Mapping[str, Any]) -> Any:
+def execute(conn: Session, sql: Sql, parameters: Mapping[str, Any]) -> Any:
     """Runs one statement; returns the driver's cursor, positioned on its result rows."""
     return _run(conn, sql, "execute", parameters)
 
 
-def execute_many(conn: Connection, sql: Sql, rows: Sequence[Mapping[str, Any]]) -> None:
+def execute_many(conn: Session, sql: Sql, rows: Sequence[Mapping[str, Any]]) -> None:
     """Runs one statement once for each set of parameters."""
     _run(conn, sql, "executemany", rows).close()
 
 
-def _run(conn: Connection, sql: Sql, method: str, parameters: Any) -> Any:
+def _run(conn: Session, sql: Sql, method: str, parameters: Any) -> Any:
     sqlite = is_sqlite(conn)
     statement = sql.sqlite if sqlite else sql.postgres
     driver = conn.connection.dbapi_connection
@@ -65,7 +81,7 @@ def _run(conn: Connection, sql: Sql, method: str, parameters: Any) -> Any:
     return cursor
 
 
-def _reraise(conn: Connection, exc: Exception, statement: str, driver: Any, sqlite: bool) -> None:
+def _reraise(conn: Session, exc: Exception, statement: str, driver: Any, sqlite: bool) -> None:
     disconnect = not sqlite and conn.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
     if disconnect:
         conn.invalidate(exc)
@@ -74,7 +90,7 @@ def _reraise(conn: Connection, exc: Exception, statement: str, driver: Any, sqli
     ) from exc
 
 
-def bind_time(conn: Connection, value: datetime | None) -> Any:
+def bind_time(conn: Session, value: datetime | None) -> Any:
     """An aware datetime as the column type stores it: naive UTC text on SQLite (the format
     SQLAlchemy writes, so that text order is time order), the aware value on PostgreSQL."""
     if value is None:

@@ -32,3 +32,20 @@ class MethodWrapper(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> Any:  # type: ignore[type-arg]
         """The handler to serve `method` with instead of `handler`."""
         raise NotImplementedError
+
+
+class WrapperChain(MethodWrapper):
+    """Several wrappers as one interceptor: each method's handler is wrapped by all of them once.
+
+    grpc runs every interceptor of a server on every call, each behind a continuation of its
+    own; as one, the call meets a single method lookup. `wrappers` go outermost first.
+    """
+
+    def __init__(self, *wrappers: MethodWrapper) -> None:
+        super().__init__()
+        self._wrappers = wrappers
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> Any:  # type: ignore[type-arg]
+        for wrapper in reversed(self._wrappers):
+            handler = wrapper.wrap(handler, method)
+        return handler

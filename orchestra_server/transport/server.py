@@ -32,6 +32,7 @@ from orchestra_server.service.operations import OperationsService
 from orchestra_server.service.processes import ProcessService
 from orchestra_server.transport.decoding import RequestDecodingInterceptor
 from orchestra_server.transport.guard import Authenticates, GuardInterceptor
+from orchestra_server.transport.interception import WrapperChain
 from orchestra_server.transport.operations import OperationsServicer
 from orchestra_server.transport.reflection import enable_reflection
 from orchestra_server.transport.servicers import AuthServicer, DiagnosticsServicer, OrchestraServicer
@@ -85,13 +86,7 @@ def create_server(
     options = options or ServerOptions()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
-        # Observability first: it must also see the calls the guard refuses. Decoding last:
-        # the decoder it wraps is the one every outer handler passes on.
-        interceptors=[
-            ObservabilityInterceptor(deps.metrics),
-            GuardInterceptor(recording_caller(deps.authenticate), deps.clock),
-            RequestDecodingInterceptor(),
-        ],
+        interceptors=[call_interceptor(deps)],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", options.max_receive_bytes),
@@ -99,12 +94,7 @@ def create_server(
             ("grpc.so_reuseport", 1 if options.share_port else 0),
         ],
     )
-    pb_grpc.add_OrchestraServiceServicer_to_server(OrchestraServicer(deps.processes), server)
-    auth_grpc.add_AuthServiceServicer_to_server(
-        AuthServicer(deps.token_endpoint, deps.key_set, deps.clock), server
-    )
-    diag_grpc.add_DiagnosticsServiceServicer_to_server(DiagnosticsServicer(), server)
-    ops_grpc.add_OperationsServiceServicer_to_server(OperationsServicer(deps.operations), server)
+    add_servicers(server, deps)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):
@@ -117,6 +107,29 @@ def create_server(
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer
+
+
+def call_interceptor(deps: ServerDependencies) -> grpc.ServerInterceptor:  # type: ignore[type-arg]
+    """The one interceptor of every call: three layers around each method's handler.
+
+    Observability outermost: it must also see the calls the guard refuses. Decoding innermost:
+    the decoder it wraps is the one every outer handler passes on.
+    """
+    return WrapperChain(
+        ObservabilityInterceptor(deps.metrics),
+        GuardInterceptor(recording_caller(deps.authenticate), deps.clock),
+        RequestDecodingInterceptor(),
+    )
+
+
+def add_servicers(server: grpc.Server, deps: ServerDependencies) -> None:
+    """Registers Orchestra's four services on `server` (health and reflection are the server's own)."""
+    pb_grpc.add_OrchestraServiceServicer_to_server(OrchestraServicer(deps.processes), server)
+    auth_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(deps.token_endpoint, deps.key_set, deps.clock), server
+    )
+    diag_grpc.add_DiagnosticsServiceServicer_to_server(DiagnosticsServicer(), server)
+    ops_grpc.add_OperationsServiceServicer_to_server(OperationsServicer(deps.operations), server)
 
 
 HEALTH_CHECK_SECONDS = 2.0
