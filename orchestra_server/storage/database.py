@@ -153,13 +153,19 @@ class Database:
 
     def __post_init__(self) -> None:
         _discard_stale_connections(self.engine, self.faults)
+        self._reader: tuple[Engine, Engine] | None = None
+
+    def _reading_engine(self) -> Engine:
         # PostgreSQL reads run without BEGIN and COMMIT, two round trips fewer per read: at READ
         # COMMITTED (the server's default, never changed here) every statement takes its own
         # snapshot inside a transaction too, so a read sees exactly what it would in one.
-        # The same pool; the connection's mode is set at checkout and reset at checkin.
-        self._reader = (
-            self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else self.engine
-        )
+        # The same pool; the connection's mode is set at checkout and reset at checkin. Made
+        # for the engine in place now, should it have been replaced.
+        if self._reader is None or self._reader[0] is not self.engine:
+            engine = self.engine
+            reader = engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else engine
+            self._reader = (engine, reader)
+        return self._reader[1]
 
     @property
     def is_postgres(self) -> bool:
@@ -169,7 +175,7 @@ class Database:
     def reading(self) -> Iterator[Connection]:
         """A connection for reads only (on PostgreSQL each statement commits by itself, so a
         write here would not be undone with the block: write in `writing`)."""
-        with _translate_outage(self.faults), self._reader.connect() as conn, conn.begin():
+        with _translate_outage(self.faults), self._reading_engine().connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
