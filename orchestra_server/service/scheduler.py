@@ -85,6 +85,8 @@ class TimerScheduler:
             except OrchestraError as exc:
                 # The lease runs out and a later round retries it; others in the batch go on.
                 _log.warning("firing token %s failed: %s", token_id, exc)
+            except Exception:  # a failing statement of one firing leaves the others to go on
+                _log.exception("firing token %s failed", token_id)
         return fired
 
     def sweep(self) -> int:
