@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 
 from orchestra_server.engine.model import IncidentKind, InstanceStatus, Json, Retry, Token, TokenStatus
@@ -101,6 +101,19 @@ SQL_OTHER_VARIABLES_SIZE_POSTGRES = Sql(_OTHER_VARIABLES_SIZE.format(value_bytes
 _VARIABLE_SIZES = "SELECT name, LENGTH(name) + {value_bytes} FROM variables WHERE instance_seq = :seq"
 SQL_VARIABLE_SIZES_SQLITE = Sql(_VARIABLE_SIZES.format(value_bytes="LENGTH(CAST(value AS BLOB))"))
 SQL_VARIABLE_SIZES_POSTGRES = Sql(_VARIABLE_SIZES.format(value_bytes="OCTET_LENGTH(value)"))
+# A scheduler's claim: one statement (one round trip) that picks the oldest due tokens no other
+# scheduler holds and leases them. On PostgreSQL the picked ids go in as an array, which makes
+# the update look them up by key: as `IN (subquery)` the planner joined them by scanning the
+# whole table.
+_DUE_UNCLAIMED = (
+    "SELECT id FROM tokens WHERE due_at <= :now AND status = 'parked'"
+    " AND (claimed_until IS NULL OR claimed_until < :now) ORDER BY due_at LIMIT :limit"
+)
+_CLAIM_DUE = "UPDATE tokens SET claimed_until = :lease_until WHERE {picked} RETURNING id, tenant_id, due_at"
+SQL_CLAIM_DUE_SQLITE = Sql(_CLAIM_DUE.format(picked=f"id IN ({_DUE_UNCLAIMED})"))
+SQL_CLAIM_DUE_POSTGRES = Sql(
+    _CLAIM_DUE.format(picked=f"id = ANY(ARRAY({_DUE_UNCLAIMED} FOR UPDATE SKIP LOCKED))")
+)
 SQL_AUDIT = Sql(
     "INSERT INTO audit (at, tenant_id, actor, action, instance_id, detail)"
     " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)"
@@ -743,36 +756,19 @@ def list_instances(
 
 
 def claim_due_tokens(
-    conn: Connection, now: datetime, limit: int, lease_until: datetime, *, skip_locked: bool
+    conn: Connection, now: datetime, limit: int, lease_until: datetime
 ) -> list[tuple[str, str]]:
     """Leases up to `limit` parked tokens due by `now`, oldest due first: (token id, tenant).
 
-    With `skip_locked` (PostgreSQL) concurrent schedulers claim disjoint batches; a lease
-    that runs out (its scheduler died) lets another scheduler take the token.
+    Concurrent schedulers claim disjoint batches (on PostgreSQL a claim skips the rows another
+    claim has locked; SQLite runs one writer at a time); a lease that runs out (its scheduler
+    died) lets another scheduler take the token.
     """
-    candidates = (
-        select(tokens_t.c.id)
-        .where(
-            tokens_t.c.due_at <= now,
-            tokens_t.c.status == TokenStatus.PARKED.value,
-            or_(tokens_t.c.claimed_until.is_(None), tokens_t.c.claimed_until < now),
-        )
-        .order_by(tokens_t.c.due_at)
-        .limit(limit)
-    )
-    if skip_locked:
-        candidates = candidates.with_for_update(skip_locked=True)
-    ids = [row[0] for row in conn.execute(candidates)]
-    if not ids:
-        return []
-    rows = conn.execute(
-        update(tokens_t)
-        .where(tokens_t.c.id.in_(ids))
-        .values(claimed_until=lease_until)
-        .returning(tokens_t.c.id, tokens_t.c.tenant_id, tokens_t.c.due_at)
-    ).all()
-    rows = sorted(rows, key=lambda r: (r.due_at, r.id))
-    return [(row.id, row.tenant_id) for row in rows]
+    statement = SQL_CLAIM_DUE_SQLITE if is_sqlite(conn) else SQL_CLAIM_DUE_POSTGRES
+    parameters = {"now": bind_time(conn, now), "limit": limit, "lease_until": bind_time(conn, lease_until)}
+    rows = execute(conn, statement, parameters).fetchall()
+    rows.sort(key=lambda r: (read_time(r[2]), r[0]))
+    return [(row[0], row[1]) for row in rows]
 
 
 def due_backlog(conn: Connection, now: datetime) -> int:
