@@ -478,7 +478,7 @@ def _write_fired(conn: Connection, instances: list[_FiredInstance], now: datetim
     gone: list[str] = []
     created: list[tuple[int, str, Token]] = []
     touched: list[int] = []
-    ended: dict[InstanceStatus, list[int]] = {}
+    by_status: dict[InstanceStatus, list[int]] = {}
     for instance in instances:
         if not instance.fired:
             continue
@@ -490,12 +490,12 @@ def _write_fired(conn: Connection, instances: list[_FiredInstance], now: datetim
         if instance.status is instance.header.status:
             touched.append(seq)
         else:
-            ended.setdefault(instance.status, []).append(seq)
+            by_status.setdefault(instance.status, []).append(seq)
     if repo.delete_tokens_by_id(conn, gone) != len(gone):
         # Cannot happen under the locks; refuse rather than half-apply.
         raise RuntimeError("live tokens changed under their instances' locks")
     repo.insert_tokens_of(conn, created)
-    for status, seqs in ended.items():
+    for status, seqs in by_status.items():
         repo.set_status_of(conn, seqs, status, now)
     repo.touch_instances(conn, touched, now)
 
