@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from orchestra_server.storage.statements import Session
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
+
+_log = logging.getLogger("orchestra.scheduler")
 
 INSTANCE_STATUSES = frozenset(s.value for s in InstanceStatus)
 # The actor recorded for what the timer scheduler does.
@@ -326,41 +329,65 @@ class ProcessService:
         if not limits.is_plausible_id(token_id):
             raise TokenNotParked()
         with self._db.driver_writing() as conn:
-            self._advance_in(conn, caller, token_id, action="token.signal", fire=False, variables=encoded)
+            self._advance_in(conn, caller, token_id, action="token.signal", variables=encoded)
 
     def fire_due_token(self, tenant_id: str, token_id: str) -> bool:
         """Fires a due timer or timeout as the scheduler; False when it is no longer due or parked."""
-        try:
-            self._advance(Caller(tenant_id, SCHEDULER_ACTOR), token_id, action="token.fire", fire=True)
-        except TokenNotParked:
-            return False
-        return True
+        with self._db.writing() as conn:
+            return self._fire_in(conn, [(token_id, tenant_id)]) == 1
 
     def fire_due_tokens(self, due: Sequence[tuple[str, str]]) -> int:
         """Fires claimed due tokens, given as (token id, tenant), in one transaction; returns how many fired.
 
-        Each firing runs under its own savepoint, so a token that is no longer due or parked
-        is passed over without undoing the others. Any other failure rolls the whole batch
-        back and propagates.
+        The instances are locked and their live tokens read together, each firing is computed
+        by itself, and what they all changed is written in a few statements. A token that is no
+        longer due or parked, or whose firing fails, is passed over and its instance is written
+        as the other firings of the batch leave it (a failure is logged; the claim's lease runs
+        out and a later round tries again). A failing statement rolls the whole batch back and
+        propagates.
         """
-        fired = 0
         with self._db.writing() as conn:
-            for token_id, tenant_id in due:
-                try:
-                    with conn.begin_nested():
-                        self._advance_in(
-                            conn, Caller(tenant_id, SCHEDULER_ACTOR), token_id, action="token.fire", fire=True
-                        )
-                except TokenNotParked:
-                    continue
-                fired += 1
-        return fired
+            return self._fire_in(conn, due)
 
-    def _advance(self, caller: Caller, token_id: str, *, action: str, fire: bool) -> None:
-        if not limits.is_plausible_id(token_id):
-            raise TokenNotParked()
-        with self._db.writing() as conn:
-            self._advance_in(conn, caller, token_id, action=action, fire=fire)
+    def _fire_in(self, conn: Connection, due: Sequence[tuple[str, str]]) -> int:
+        token_ids = list(dict.fromkeys(t for t, _ in due if limits.is_plausible_id(t)))
+        # The instance row locks serialise every advance of one instance: a racing signal
+        # of the same token finds it consumed once it gets the lock, and so does this.
+        headers = repo.lock_instances_of_tokens(conn, token_ids)
+        running = {h.seq: h for h in headers.values() if h.status is InstanceStatus.RUNNING}
+        live = repo.live_tokens_of(conn, sorted(running))
+        now = self._clock()
+        instances: dict[int, _FiredInstance] = {}
+        audit: list[repo.AuditRecord] = []
+        for token_id, tenant_id in due:
+            header = headers.get(token_id)
+            if header is None or header.tenant_id != tenant_id or header.seq not in running:
+                continue
+            instance = instances.get(header.seq)
+            if instance is None:
+                instance = instances[header.seq] = _FiredInstance(header, live[header.seq])
+            if instance.status is not InstanceStatus.RUNNING:
+                continue  # ended by an earlier firing in this batch
+            try:
+                step = engine.fire_due(
+                    self._definitions.get(conn, header.definition_pk),
+                    instance.tokens,
+                    repo.StoredVariables(conn, header.seq),
+                    token_id,
+                    now=now,
+                    new_id=self._new_id,
+                )
+            except TokenNotParked:
+                continue
+            except Exception:  # one instance's failure stays its own
+                _log.exception("firing token %s of instance %s failed", token_id, header.id)
+                continue
+            instance.apply(step)
+            detail: dict[str, Json] = {"token_id": token_id, **step_detail(step)}
+            audit.append(repo.AuditRecord(tenant_id, SCHEDULER_ACTOR, "token.fire", header.id, detail))
+        _write_fired(conn, list(instances.values()), now)
+        repo.record_audits(conn, now, audit)
+        return len(audit)
 
     def _advance_in(
         self,
@@ -369,7 +396,6 @@ class ProcessService:
         token_id: str,
         *,
         action: str,
-        fire: bool,
         variables: dict[str, str] | None = None,
         resolve: engine.Advance | None = None,
     ) -> InstanceStatus:
@@ -393,7 +419,7 @@ class ProcessService:
         stored = repo.StoredVariables(conn, seq)
         definition = self._definitions.get(conn, header.definition_pk)
         now = self._clock()
-        advance = resolve or (engine.fire_due if fire else engine.signal)
+        advance = resolve or engine.signal
         step = advance(definition, tokens, stored, token_id, now=now, new_id=self._new_id)
         if repo.delete_tokens(conn, seq, step.consumed) != len(step.consumed):
             # Cannot happen under the lock; refuse rather than half-apply.
@@ -425,9 +451,54 @@ class ProcessService:
         variables: dict[str, str] | None,
     ) -> InstanceStatus:
         """Resolves an incident token in the caller's transaction: TokenNotInIncident when it is not one."""
-        return self._advance_in(
-            conn, caller, token_id, action=action, fire=False, variables=variables, resolve=resolve
-        )
+        return self._advance_in(conn, caller, token_id, action=action, variables=variables, resolve=resolve)
+
+
+class _FiredInstance:
+    """One instance through a batch of firings: its tokens as the batch leaves them so far."""
+
+    __slots__ = ("before", "fired", "header", "status", "tokens")
+
+    def __init__(self, header: repo.InstanceHeader, tokens: list[Token]) -> None:
+        self.header = header
+        self.before = tokens
+        self.tokens = tokens
+        self.status = header.status
+        self.fired = False
+
+    def apply(self, step: engine.Step) -> None:
+        consumed = set(step.consumed)
+        kept = [t for t in self.tokens if t.id not in consumed]
+        self.tokens = sorted([*kept, *step.created], key=lambda t: t.ordinal) if step.created else kept
+        self.status = step.status
+        self.fired = True
+
+
+def _write_fired(conn: Connection, instances: list[_FiredInstance], now: datetime) -> None:
+    """Writes what a batch of firings changed: each instance's tokens and status as the batch left them."""
+    gone: list[str] = []
+    created: list[tuple[int, str, Token]] = []
+    touched: list[int] = []
+    by_status: dict[InstanceStatus, list[int]] = {}
+    for instance in instances:
+        if not instance.fired:
+            continue
+        seq, tenant_id = instance.header.seq, instance.header.tenant_id
+        after = {t.id for t in instance.tokens}
+        before = {t.id for t in instance.before}
+        gone += [t.id for t in instance.before if t.id not in after]
+        created += [(seq, tenant_id, t) for t in instance.tokens if t.id not in before]
+        if instance.status is instance.header.status:
+            touched.append(seq)
+        else:
+            by_status.setdefault(instance.status, []).append(seq)
+    if repo.delete_tokens_by_id(conn, gone) != len(gone):
+        # Cannot happen under the locks; refuse rather than half-apply.
+        raise RuntimeError("live tokens changed under their instances' locks")
+    repo.insert_tokens_of(conn, created)
+    for status, seqs in by_status.items():
+        repo.set_status_of(conn, seqs, status, now)
+    repo.touch_instances(conn, touched, now)
 
 
 def write_variables(conn: Session, tenant_id: str, instance_seq: int, encoded: dict[str, str]) -> None:

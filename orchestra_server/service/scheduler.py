@@ -19,9 +19,12 @@ DEFAULT_BATCH = 200
 DEFAULT_POLL_SECONDS = 0.5
 # Long enough to fire a whole batch; a scheduler that dies loses its batch for this long at most.
 DEFAULT_LEASE = timedelta(seconds=30)
-# Firings committed together: one commit per this many instead of one per timer, short enough
-# that the write lock (SQLite) or the instance row locks (PostgreSQL) are not held for long.
-DEFAULT_FIRE_CHUNK = 25
+# Firings committed together: one commit and a few statements per this many instead of one
+# per timer, short enough that SQLite's write lock, which holds every other writer back, is not
+# held for long (about 0.1-0.2 ms of work per firing). On PostgreSQL a chunk holds only its own
+# instances' row locks, and each chunk costs round trips and a commit of its own.
+DEFAULT_FIRE_CHUNK_SQLITE = 50
+DEFAULT_FIRE_CHUNK_POSTGRES = 100
 # Idempotency keys past their retention are forgotten this often.
 SWEEP_EVERY = timedelta(minutes=10)
 
@@ -29,8 +32,9 @@ SWEEP_EVERY = timedelta(minutes=10)
 class TimerScheduler:
     """Each firing takes the instance's row lock, so a firing and a hand signal of the same
     token, or two schedulers, can never both advance it: the later one finds the token consumed
-    (or not yet due) and lets it be. Firings are committed in chunks; a chunk that fails as a
-    whole (a deadlock between two schedulers' chunks, say) is retried one firing at a time."""
+    (or not yet due) and lets it be. Firings are committed in chunks, each chunk's instances
+    locked in one order; a chunk that fails as a whole (a failing statement or a deadlock with
+    another writer, say) is retried one firing at a time."""
 
     def __init__(
         self,
@@ -41,7 +45,7 @@ class TimerScheduler:
         batch_size: int = DEFAULT_BATCH,
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         lease: timedelta = DEFAULT_LEASE,
-        fire_chunk: int = DEFAULT_FIRE_CHUNK,
+        fire_chunk: int | None = None,
     ) -> None:
         self._db = database
         self._processes = processes
@@ -49,7 +53,8 @@ class TimerScheduler:
         self._batch = batch_size
         self._poll = poll_seconds
         self._lease = lease
-        self._chunk = fire_chunk
+        default_chunk = DEFAULT_FIRE_CHUNK_POSTGRES if database.is_postgres else DEFAULT_FIRE_CHUNK_SQLITE
+        self._chunk = fire_chunk or default_chunk
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_run_at: datetime | None = None
@@ -62,9 +67,7 @@ class TimerScheduler:
         """Claims one batch of due tokens and fires them; returns how many fired."""
         now = self._clock()
         with self._db.writing() as conn:
-            claimed = repo.claim_due_tokens(
-                conn, now, self._batch, now + self._lease, skip_locked=self._db.is_postgres
-            )
+            claimed = repo.claim_due_tokens(conn, now, self._batch, now + self._lease)
         fired = 0
         for start in range(0, len(claimed), self._chunk):
             fired += self._fire(claimed[start : start + self._chunk])
@@ -85,6 +88,8 @@ class TimerScheduler:
             except OrchestraError as exc:
                 # The lease runs out and a later round retries it; others in the batch go on.
                 _log.warning("firing token %s failed: %s", token_id, exc)
+            except Exception:  # a failing statement of one firing leaves the others to go on
+                _log.exception("firing token %s failed", token_id)
         return fired
 
     def sweep(self) -> int:

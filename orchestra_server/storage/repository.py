@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 
 from orchestra_server.engine.model import IncidentKind, InstanceStatus, Json, Retry, Token, TokenStatus
@@ -118,10 +118,68 @@ SQL_STORE_IDEMPOTENCY_KEY = Sql(
     "INSERT INTO idempotency_keys (tenant_id, key, request_hash, instance_id, created_at)"
     " VALUES (:tenant, :key, :request_hash, :instance_id, :now)"
 )
+# A scheduler's claim: one statement (one round trip) that picks the oldest due tokens no other
+# scheduler holds and leases them. On PostgreSQL the picked ids go in as an array, which makes
+# the update look them up by key: as `IN (subquery)` the planner joined them by scanning the
+# whole table.
+_DUE_UNCLAIMED = (
+    "SELECT id FROM tokens WHERE due_at <= :now AND status = 'parked'"
+    " AND (claimed_until IS NULL OR claimed_until < :now) ORDER BY due_at LIMIT :limit"
+)
+_CLAIM_DUE = "UPDATE tokens SET claimed_until = :lease_until WHERE {picked} RETURNING id, tenant_id, due_at"
+SQL_CLAIM_DUE_SQLITE = Sql(_CLAIM_DUE.format(picked=f"id IN ({_DUE_UNCLAIMED})"))
+SQL_CLAIM_DUE_POSTGRES = Sql(
+    _CLAIM_DUE.format(picked=f"id = ANY(ARRAY({_DUE_UNCLAIMED} FOR UPDATE SKIP LOCKED))")
+)
 SQL_AUDIT = Sql(
     "INSERT INTO audit (at, tenant_id, actor, action, instance_id, detail)"
     " VALUES (:at, :tenant, :actor, :action, :instance_id, :detail)"
 )
+
+
+# Statements over a batch of rows name them in an IN list. The list is padded to a power of two
+# by repeating its last value (which IN ignores), so a handful of statement texts serves every
+# batch size and the driver's statement caches stay small.
+_INSTANCES_OF_TOKENS = (
+    "SELECT t.id, i.seq, i.id, i.tenant_id, i.definition_id, i.definition_pk, i.status"
+    " FROM tokens t JOIN instances i ON i.seq = t.instance_seq WHERE t.id IN ({values})"
+)
+_BATCH_STATEMENTS = {
+    "instances_of_tokens": _INSTANCES_OF_TOKENS,
+    # One lock order for every batch (the instances' own order), so two schedulers' batches
+    # that share instances wait for each other instead of deadlocking.
+    "instances_of_tokens_locked": _INSTANCES_OF_TOKENS + " ORDER BY i.seq FOR UPDATE OF i",
+    "live_tokens_of": (
+        "SELECT instance_seq, id, node_id, status, ordinal, arrived_by, due_at, message, incident_kind,"
+        " retry, since FROM tokens WHERE instance_seq IN ({values}) ORDER BY instance_seq, ordinal"
+    ),
+    "delete_tokens_by_id": "DELETE FROM tokens WHERE id IN ({values})",
+    "set_status_of": (
+        "UPDATE instances SET status = :status, updated_at = :now, ended_at = :ended_at"
+        " WHERE seq IN ({values})"
+    ),
+    "touch_instances": "UPDATE instances SET updated_at = :now WHERE seq IN ({values})",
+}
+
+
+@lru_cache(maxsize=128)
+def _batch_sql(name: str, size: int) -> Sql:
+    # Only generated parameter names are joined in; the values themselves are bound.
+    values = ", ".join(f":v{i}" for i in range(size))
+    return Sql(_BATCH_STATEMENTS[name].format(values=values))
+
+
+def _run_batch(
+    conn: Session, name: str, values: Sequence[Any], parameters: Mapping[str, Any] | None = None
+) -> Any:
+    """Runs a batch statement over `values` (at least one); returns the driver's cursor."""
+    size = 1 << (len(values) - 1).bit_length()
+    bound = dict(parameters or {})
+    for i, value in enumerate(values):
+        bound[f"v{i}"] = value
+    for i in range(len(values), size):
+        bound[f"v{i}"] = values[-1]
+    return execute(conn, _batch_sql(name, size), bound)
 
 
 @lru_cache(maxsize=64)
@@ -549,6 +607,18 @@ def lock_instance_of_token(conn: Session, tenant_id: str, token_id: str) -> Inst
     return _header(row) if row else None
 
 
+def lock_instances_of_tokens(conn: Session, token_ids: Sequence[str]) -> dict[str, InstanceHeader]:
+    """The instances holding these live tokens, by token id, locked for the rest of the transaction.
+
+    Any tenant's: the caller checks each token's tenant against its own record of it. As with
+    `lock_instance_of_token`, a token may be gone once the lock is granted.
+    """
+    if not token_ids:
+        return {}
+    name = "instances_of_tokens_locked" if _locks_rows(conn) else "instances_of_tokens"
+    return {row[0]: _header(row[1:]) for row in _run_batch(conn, name, token_ids).fetchall()}
+
+
 def instance_with_tokens(conn: Session, tenant_id: str, instance_id: str) -> InstanceState | None:
     """The tenant's instance, its definition version, times and live tokens (oldest first): one query."""
     rows = execute(conn, SQL_INSTANCE_WITH_TOKENS, {"id": instance_id, "tenant": tenant_id}).fetchall()
@@ -568,25 +638,39 @@ def instance_with_tokens(conn: Session, tenant_id: str, instance_id: str) -> Ins
 
 
 def live_tokens(conn: Session, instance_seq: int) -> list[Token]:
-    rows = execute(conn, SQL_LIVE_TOKENS, {"seq": instance_seq}).fetchall()
-    return [
-        Token(
-            id=row[0],
-            node_id=row[1],
-            status=TokenStatus(row[2]),
-            ordinal=row[3],
-            arrived_by=row[4],
-            due_at=read_time(row[5]),
-            reason=row[6],
-            incident=IncidentKind(row[7]) if row[7] is not None else None,
-            retry=Retry(row[8]) if row[8] is not None else None,
-            since=read_time(row[9]),
-        )
-        for row in rows
-    ]
+    return [_token(row) for row in execute(conn, SQL_LIVE_TOKENS, {"seq": instance_seq}).fetchall()]
+
+
+def live_tokens_of(conn: Session, instance_seqs: Sequence[int]) -> dict[int, list[Token]]:
+    """The live tokens of several instances, each instance's in `live_tokens` order."""
+    found: dict[int, list[Token]] = {seq: [] for seq in instance_seqs}
+    if instance_seqs:
+        for row in _run_batch(conn, "live_tokens_of", instance_seqs).fetchall():
+            found[row[0]].append(_token(row[1:]))
+    return found
+
+
+def _token(row: Sequence[Any]) -> Token:
+    return Token(
+        id=row[0],
+        node_id=row[1],
+        status=TokenStatus(row[2]),
+        ordinal=row[3],
+        arrived_by=row[4],
+        due_at=read_time(row[5]),
+        reason=row[6],
+        incident=IncidentKind(row[7]) if row[7] is not None else None,
+        retry=Retry(row[8]) if row[8] is not None else None,
+        since=read_time(row[9]),
+    )
 
 
 def insert_tokens(conn: Session, instance_seq: int, tenant_id: str, tokens: Sequence[Token]) -> None:
+    insert_tokens_of(conn, [(instance_seq, tenant_id, t) for t in tokens])
+
+
+def insert_tokens_of(conn: Session, tokens: Sequence[tuple[int, str, Token]]) -> None:
+    """Inserts live tokens of one or several instances, each given as (instance seq, tenant, token)."""
     if not tokens:
         return
     execute_many(
@@ -607,9 +691,19 @@ def insert_tokens(conn: Session, instance_seq: int, tenant_id: str, tokens: Sequ
                 "retry": t.retry.value if t.retry is not None else None,
                 "since": bind_time(conn, t.since),
             }
-            for t in tokens
+            for instance_seq, tenant_id, t in tokens
         ],
     )
+
+
+def delete_tokens_by_id(conn: Session, token_ids: Sequence[str]) -> int:
+    """Deletes live tokens of any instances by id; returns how many were deleted."""
+    if not token_ids:
+        return 0
+    cursor = _run_batch(conn, "delete_tokens_by_id", token_ids)
+    count = int(cursor.rowcount)
+    cursor.close()
+    return count
 
 
 def delete_tokens(conn: Session, instance_seq: int, token_ids: Sequence[str]) -> int:
@@ -630,6 +724,21 @@ def set_instance_status(conn: Session, seq: int, status: InstanceStatus, now: da
     execute(
         conn, SQL_SET_STATUS, {"status": status.value, "now": at, "ended_at": ended_at, "seq": seq}
     ).close()
+
+
+def set_status_of(conn: Session, seqs: Sequence[int], status: InstanceStatus, now: datetime) -> None:
+    """`set_instance_status` for several instances at once."""
+    if not seqs:
+        return
+    at = bind_time(conn, now)
+    ended_at = None if status is InstanceStatus.RUNNING else at
+    _run_batch(conn, "set_status_of", seqs, {"status": status.value, "now": at, "ended_at": ended_at}).close()
+
+
+def touch_instances(conn: Session, seqs: Sequence[int], now: datetime) -> None:
+    """`touch_instance` for several instances at once."""
+    if seqs:
+        _run_batch(conn, "touch_instances", seqs, {"now": bind_time(conn, now)}).close()
 
 
 def delete_instance_tokens(conn: Session, instance_seq: int) -> None:
@@ -665,36 +774,19 @@ def list_instances(
 
 
 def claim_due_tokens(
-    conn: Connection, now: datetime, limit: int, lease_until: datetime, *, skip_locked: bool
+    conn: Connection, now: datetime, limit: int, lease_until: datetime
 ) -> list[tuple[str, str]]:
     """Leases up to `limit` parked tokens due by `now`, oldest due first: (token id, tenant).
 
-    With `skip_locked` (PostgreSQL) concurrent schedulers claim disjoint batches; a lease
-    that runs out (its scheduler died) lets another scheduler take the token.
+    Concurrent schedulers claim disjoint batches (on PostgreSQL a claim skips the rows another
+    claim has locked; SQLite runs one writer at a time); a lease that runs out (its scheduler
+    died) lets another scheduler take the token.
     """
-    candidates = (
-        select(tokens_t.c.id)
-        .where(
-            tokens_t.c.due_at <= now,
-            tokens_t.c.status == TokenStatus.PARKED.value,
-            or_(tokens_t.c.claimed_until.is_(None), tokens_t.c.claimed_until < now),
-        )
-        .order_by(tokens_t.c.due_at)
-        .limit(limit)
-    )
-    if skip_locked:
-        candidates = candidates.with_for_update(skip_locked=True)
-    ids = [row[0] for row in conn.execute(candidates)]
-    if not ids:
-        return []
-    rows = conn.execute(
-        update(tokens_t)
-        .where(tokens_t.c.id.in_(ids))
-        .values(claimed_until=lease_until)
-        .returning(tokens_t.c.id, tokens_t.c.tenant_id, tokens_t.c.due_at)
-    ).all()
-    rows = sorted(rows, key=lambda r: (r.due_at, r.id))
-    return [(row.id, row.tenant_id) for row in rows]
+    statement = SQL_CLAIM_DUE_SQLITE if is_sqlite(conn) else SQL_CLAIM_DUE_POSTGRES
+    parameters = {"now": bind_time(conn, now), "limit": limit, "lease_until": bind_time(conn, lease_until)}
+    rows = execute(conn, statement, parameters).fetchall()
+    rows.sort(key=lambda r: (read_time(r[2]), r[0]))
+    return [(row[0], row[1]) for row in rows]
 
 
 def due_backlog(conn: Connection, now: datetime) -> int:
@@ -822,6 +914,38 @@ def record_audit(
             "detail": dump_json(detail),
         },
     ).close()
+
+
+class AuditRecord(NamedTuple):
+    """One audit row to write (see `record_audits`)."""
+
+    tenant_id: str
+    actor: str
+    action: str
+    instance_id: str | None
+    detail: dict[str, Json]
+
+
+def record_audits(conn: Connection, at: datetime, records: Sequence[AuditRecord]) -> None:
+    """Writes several audit rows of one moment in one statement."""
+    if not records:
+        return
+    when = bind_time(conn, at)
+    execute_many(
+        conn,
+        SQL_AUDIT,
+        [
+            {
+                "at": when,
+                "tenant": r.tenant_id,
+                "actor": r.actor,
+                "action": r.action,
+                "instance_id": r.instance_id,
+                "detail": dump_json(r.detail),
+            }
+            for r in records
+        ],
+    )
 
 
 def read_audit(conn: Connection, tenant_id: str | None, limit: int) -> list[dict[str, Any]]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestra_server import errors
+from orchestra_server.engine import engine
+from orchestra_server.service.operations import OperationsService
 from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.service.scheduler import TimerScheduler
 from orchestra_server.storage import repository as repo
@@ -186,3 +189,122 @@ def test_idempotency_keys_are_kept_a_day_then_forgotten(world: World, database: 
     world.clock.advance(timedelta(minutes=2))
     assert sched.sweep() == 1
     assert world.processes.start_process(ALICE, "cool_off", {}, idempotency_key="k") != first
+
+
+TWO_TIMERS = {
+    "id": "two_reminders",
+    "nodes": {
+        "begin": {"type": "start"},
+        "fork": {"type": "gateway", "gateway": "parallel"},
+        "early": {"type": "timer", "after": "PT1H"},
+        "late": {"type": "timer", "after": "PT2H"},
+        "both": {"type": "gateway", "gateway": "parallel"},
+        "done": {"type": "end"},
+    },
+    "flows": [
+        {"from": "begin", "to": "fork"},
+        {"from": "fork", "to": "early"},
+        {"from": "fork", "to": "late"},
+        {"from": "early", "to": "both"},
+        {"from": "late", "to": "both"},
+        {"from": "both", "to": "done"},
+    ],
+}
+
+
+def fired_instances(database: Database) -> list[str]:
+    with database.reading() as conn:
+        audit = repo.read_audit(conn, "default", 1000)
+    return sorted(e["instance_id"] for e in audit if e["action"] == "token.fire")
+
+
+def test_a_firing_that_fails_leaves_the_rest_of_its_chunk_fired(
+    world: World, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [world.processes.start_process(ALICE, "cool_off", {}) for _ in range(5)]
+    world.clock.advance(timedelta(hours=1))
+    claimed = [(world.token_at(ALICE, i, "cool"), "default") for i in ids]
+    broken = claimed[1][0]
+    fire_due = engine.fire_due
+
+    def failing_on_one(*args: Any, **kwargs: Any) -> engine.Step:
+        if args[3] == broken:
+            raise RuntimeError("this instance's step fails")
+        return fire_due(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "fire_due", failing_on_one)
+    before = world.processes.get_instance(ALICE, ids[1])
+    assert world.processes.fire_due_tokens(claimed) == 4
+    assert [nodes(world, i) for i in ids] == [["task"], ["cool"], ["task"], ["task"], ["task"]]
+    assert world.processes.get_instance(ALICE, ids[1]) == before, "the failed instance is untouched"
+    assert fired_instances(database) == sorted(ids[:1] + ids[2:])
+    monkeypatch.setattr(engine, "fire_due", fire_due)
+    assert world.processes.fire_due_tokens(claimed) == 1  # the others are consumed by now
+    assert nodes(world, ids[1]) == ["task"]
+    assert fired_instances(database) == sorted(ids)
+
+
+def test_a_chunk_passes_over_an_instance_cancelled_since_the_claim(world: World, database: Database) -> None:
+    ids = [world.processes.start_process(ALICE, "cool_off", {}) for _ in range(4)]
+    world.clock.advance(timedelta(hours=1))
+    claimed = [(world.token_at(ALICE, i, "cool"), "default") for i in ids]
+    operations = OperationsService(
+        database,
+        clock=world.clock,
+        new_id=lambda: "unused",
+        page_token_key=PAGE_TOKEN_KEY,
+        processes=world.processes,
+        definitions=world.definitions,
+    )
+    operations.cancel_instance(ALICE, ids[2], "no longer wanted")
+    assert world.processes.fire_due_tokens(claimed) == 3
+    assert world.processes.get_instance(ALICE, ids[2]).status == "cancelled"
+    assert nodes(world, ids[2]) == []
+    assert fired_instances(database) == sorted(ids[:2] + ids[3:])
+
+
+def test_a_chunk_fires_only_tokens_of_the_tenant_they_were_claimed_for(
+    world: World, database: Database
+) -> None:
+    ids = [world.processes.start_process(ALICE, "cool_off", {}) for _ in range(2)]
+    world.clock.advance(timedelta(hours=1))
+    mine, theirs = (world.token_at(ALICE, i, "cool") for i in ids)
+    assert (
+        world.processes.fire_due_tokens([(mine, "default"), (theirs, "bob"), ("no-such-token", "default")])
+        == 1
+    )
+    assert [nodes(world, i) for i in ids] == [["task"], ["cool"]]
+
+
+def test_two_timers_of_one_instance_fire_in_one_chunk(world: World, database: Database) -> None:
+    world.deploy(TWO_TIMERS)
+    ids = [world.processes.start_process(ALICE, "two_reminders", {}) for _ in range(3)]
+    world.clock.advance(timedelta(hours=2))
+    claimed = [(world.token_at(ALICE, i, node), "default") for i in ids for node in ("late", "early")]
+    assert world.processes.fire_due_tokens(claimed) == 6
+    for instance_id in ids:
+        view = world.processes.get_instance(ALICE, instance_id)
+        assert (view.status, view.tokens) == ("completed", ())
+    assert fired_instances(database) == sorted(ids * 2)
+    with database.reading() as conn:
+        left = conn.exec_driver_sql("SELECT COUNT(*) FROM tokens").scalar_one()
+    assert left == 0, "the join's marker went with its instance"
+
+
+def test_claims_are_disjoint_and_oldest_due_first(world: World, database: Database) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append(world.processes.start_process(ALICE, "cool_off", {}))
+        world.clock.advance(timedelta(minutes=1))
+    world.clock.advance(timedelta(hours=1))
+    now = world.clock()
+    with database.writing() as conn:
+        first = repo.claim_due_tokens(conn, now, 3, now + timedelta(seconds=30))
+    with database.writing() as conn:
+        second = repo.claim_due_tokens(conn, now, 3, now + timedelta(seconds=30))
+    with database.writing() as conn:
+        after_lease = repo.claim_due_tokens(conn, now + timedelta(seconds=31), 10, now + timedelta(minutes=1))
+    tokens = [(world.token_at(ALICE, i, "cool"), "default") for i in ids]
+    assert first == tokens[:3]
+    assert second == tokens[3:]
+    assert after_lease == tokens, "a lease that ran out lets the tokens be claimed again"
