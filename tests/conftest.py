@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -83,12 +84,28 @@ def reset_postgres(database: Database) -> None:
         conn.execute(text("DELETE FROM tenants WHERE id <> 'default'"))
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite file, made once per session; tests take copies of it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "orchestra.db"
+    template = open_database(f"sqlite:///{path}")
+    upgrade(template)
+    template.dispose()
+    # The last connection closed checkpoints the write-ahead log into the file itself.
+    assert not path.with_name(path.name + "-wal").exists(), "the template's write-ahead log was not folded in"
+    return path
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A migrated, empty database: SQLite in a temporary directory, or the session's PostgreSQL."""
     if request.param == "sqlite":
-        db = open_database(f"sqlite:///{tmp_path / 'orchestra.db'}")
-        upgrade(db)
+        path = tmp_path / "orchestra.db"
+        # A copy of the session's migrated file is the same schema as migrating anew, at a
+        # fraction of the cost; tests/integration/test_migrations.py runs the migrations themselves.
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite_file"), path)
+        db = open_database(f"sqlite:///{path}")
+        upgrade(db)  # a no-op at the newest revision; it would catch a stale template
     else:
         url = request.getfixturevalue("postgres_url")
         db = open_database(url)
