@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +19,8 @@ import yaml
 from orchestra.v1 import orchestra_service_pb2 as pb
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
-from orchestra_server.bootstrap import Administration, administration
 from orchestra_server.edge import EnvoyProcess, TenantRateLimit, Upstream
 from orchestra_server.engine import TOKEN_LIMIT
-from orchestra_server.settings import Settings
 from orchestra_server.storage.database import open_database
 from tests.conftest import reset_postgres
 from tests.contract.conftest import (
@@ -32,6 +29,7 @@ from tests.contract.conftest import (
     Cli,
     Service,
     _service_env,
+    administration_of,
     fetch_token,
     start_edge,
 )
@@ -128,18 +126,6 @@ def _write(directory: Path, *definitions: dict[str, Any]) -> list[Path]:
 
 def _deploy(data_dir: Path, db_url: str | None, directory: Path, *definitions: dict[str, Any]) -> None:
     _orchestra(data_dir, db_url, "definition", "deploy", *map(str, _write(directory, *definitions)))
-
-
-@contextmanager
-def administration_of(data_dir: Path, db_url: str | None) -> Iterator[Administration]:
-    """What an `orchestra` command runs on the stack's data and database, in this process.
-
-    A stack's set-up makes a dozen changes before its service starts; as commands, each would
-    be a process start-up of its own. The commands themselves are tested in
-    tests/integration/test_cli.py and test_cli_operations.py.
-    """
-    with administration(Settings(data_dir=data_dir, db_url=db_url), writes=True) as admin:
-        yield admin
 
 
 @dataclass
