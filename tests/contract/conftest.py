@@ -8,6 +8,7 @@ both down. `consumer_for(tenant)` creates a consumer (with the use case the
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -72,14 +73,20 @@ class Cli:
         return result.stdout
 
     def help_of(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(ORCHESTRA), *args, "--help"],
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-        )
-        return result.stdout
+        return _help_of(*args)
+
+
+@functools.cache
+def _help_of(*args: str) -> str:
+    # The same for every data directory; asked before each service start, answered once.
+    result = subprocess.run(
+        [str(ORCHESTRA), *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    return result.stdout
 
 
 def _service_env(**extra: str) -> dict[str, str]:
