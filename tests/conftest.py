@@ -141,6 +141,37 @@ EXAMPLES = ROOT / "examples"
 PAGE_TOKEN_KEY = bytes(range(32))
 
 
+# --- one id for each test -------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Gives each test an id of its own where a plugin gave several the same one.
+
+    schemathesis names the test of each API operation `test[METHOD /path]` but leaves all of
+    them the id of the one test function; the workers of a distributed run are handed tests by
+    id, so all but the first of them would silently not run.
+    """
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
+    for item in items:
+        if seen[item.nodeid] > 1 and isinstance(item, pytest.Function) and item.name != item.originalname:
+            _set_nodeid(item, f"{item.nodeid.rsplit('::', 1)[0]}::{item.name}")
+    ids = [item.nodeid for item in items]
+    assert len(ids) == len(set(ids)), "two tests share an id: a distributed run would drop one"
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    # pytest has no public way to rename a collected test; where it keeps the id differs by version
+    # (the assertion above fails the run should neither place take).
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # pytest before 9.2 keeps the id as a string
+        item._nodeid = nodeid
+    else:
+        item._id = coerce_node_id(nodeid)
+
+
 # --- a run leaves the tree as it found it --------------------------------------------------------
 
 # What a run may leave in the working tree: the installed packages (Python and the Node

@@ -236,7 +236,9 @@ def edge(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="session")
 def http(edge: EnvoyProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=edge.rest_url, timeout=15) as client:
+    # Past the edge's own route timeout (30 s), so that the edge decides when a call is too slow:
+    # a megabyte of small numbers takes seconds to transcode, more when both workers are busy.
+    with httpx.Client(base_url=edge.rest_url, timeout=60) as client:
         yield client
 
 
