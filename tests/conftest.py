@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -83,12 +84,28 @@ def reset_postgres(database: Database) -> None:
         conn.execute(text("DELETE FROM tenants WHERE id <> 'default'"))
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite file, made once per session; tests take copies of it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "orchestra.db"
+    template = open_database(f"sqlite:///{path}")
+    upgrade(template)
+    template.dispose()
+    # The last connection closed checkpoints the write-ahead log into the file itself.
+    assert not path.with_name(path.name + "-wal").exists(), "the template's write-ahead log was not folded in"
+    return path
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A migrated, empty database: SQLite in a temporary directory, or the session's PostgreSQL."""
     if request.param == "sqlite":
-        db = open_database(f"sqlite:///{tmp_path / 'orchestra.db'}")
-        upgrade(db)
+        path = tmp_path / "orchestra.db"
+        # A copy of the session's migrated file is the same schema as migrating anew, at a
+        # fraction of the cost; tests/integration/test_migrations.py runs the migrations themselves.
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite_file"), path)
+        db = open_database(f"sqlite:///{path}")
+        upgrade(db)  # a no-op at the newest revision; it would catch a stale template
     else:
         url = request.getfixturevalue("postgres_url")
         db = open_database(url)
@@ -122,6 +139,37 @@ EXAMPLES = ROOT / "examples"
 # Every ProcessService a test builds signs page tokens with this key, as the
 # workers of one deployment share theirs.
 PAGE_TOKEN_KEY = bytes(range(32))
+
+
+# --- one id for each test -------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Gives each test an id of its own where a plugin gave several the same one.
+
+    schemathesis names the test of each API operation `test[METHOD /path]` but leaves all of
+    them the id of the one test function; the workers of a distributed run are handed tests by
+    id, so all but the first of them would silently not run.
+    """
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
+    for item in items:
+        if seen[item.nodeid] > 1 and isinstance(item, pytest.Function) and item.name != item.originalname:
+            _set_nodeid(item, f"{item.nodeid.rsplit('::', 1)[0]}::{item.name}")
+    ids = [item.nodeid for item in items]
+    assert len(ids) == len(set(ids)), "two tests share an id: a distributed run would drop one"
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    # pytest has no public way to rename a collected test; where it keeps the id differs by version
+    # (the assertion above fails the run should neither place take).
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # pytest before 9.2 keeps the id as a string
+        item._nodeid = nodeid
+    else:
+        item._id = coerce_node_id(nodeid)
 
 
 # --- a run leaves the tree as it found it --------------------------------------------------------

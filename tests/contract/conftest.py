@@ -2,13 +2,13 @@
 
 Session fixtures create a data directory with two tenants and the example
 definitions, start the service and the edge on free loopback ports, and tear
-both down. `consumer_for(tenant)` creates a consumer through the CLI and
-fetches its token through the edge.
+both down. `consumer_for(tenant)` creates a consumer (with the use case the
+`orchestra consumer create` command runs) and fetches its token through the edge.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
 import socket
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from orchestra_server.bootstrap import Administration, administration
 from orchestra_server.edge import EdgeSettings, EnvoyProcess, TenantRateLimit, Upstream
+from orchestra_server.settings import Settings
 from tests.contract.helpers import Consumer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -70,14 +73,20 @@ class Cli:
         return result.stdout
 
     def help_of(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(ORCHESTRA), *args, "--help"],
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-        )
-        return result.stdout
+        return _help_of(*args)
+
+
+@functools.cache
+def _help_of(*args: str) -> str:
+    # The same for every data directory; asked before each service start, answered once.
+    result = subprocess.run(
+        [str(ORCHESTRA), *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    return result.stdout
 
 
 def _service_env(**extra: str) -> dict[str, str]:
@@ -155,6 +164,19 @@ class Service:
                 self.process.wait(10)
 
 
+@contextmanager
+def administration_of(data_dir: Path, db_url: str | None) -> Iterator[Administration]:
+    """What an `orchestra` command runs on the stack's data and database, in this process.
+
+    A stack's set-up makes a dozen changes before its service starts; as commands, each would
+    be a process start-up of its own. The commands themselves are tested in
+    tests/integration/test_cli.py and test_cli_operations.py; the suite still calls them
+    where a test is about what an operator does with them.
+    """
+    with administration(Settings(data_dir=data_dir, db_url=db_url), writes=True) as admin:
+        yield admin
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("orchestra-data")
@@ -170,14 +192,15 @@ def deployed(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> None:
     missing = [name for name in EXAMPLE_FILES if not (EXAMPLES / name).is_file()]
     if missing:
         pytest.fail(f"the contract suite deploys examples/{', examples/'.join(missing)}, which do not exist")
-    cli("tenant", "create", TENANT_A)
-    cli("tenant", "create", TENANT_B)
-    cli("definition", "deploy", *(str(EXAMPLES / name) for name in EXAMPLE_FILES))
     private = yaml.safe_load((EXAMPLES / "three_step.yaml").read_text(encoding="utf-8"))
     private["id"] = B_ONLY_DEFINITION
     path = tmp_path_factory.mktemp("definitions") / f"{B_ONLY_DEFINITION}.yaml"
     path.write_text(yaml.safe_dump(private), encoding="utf-8")
-    cli("definition", "deploy", str(path), "--tenant", TENANT_B)
+    with administration_of(cli.data_dir, None) as admin:
+        admin.directory.create_tenant(TENANT_A)
+        admin.directory.create_tenant(TENANT_B)
+        admin.definitions.deploy([EXAMPLES / name for name in EXAMPLE_FILES])
+        admin.definitions.deploy([path], tenant=TENANT_B)
 
 
 @pytest.fixture(scope="session")
@@ -219,7 +242,9 @@ def edge(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="session")
 def http(edge: EnvoyProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=edge.rest_url, timeout=15) as client:
+    # Past the edge's own route timeout (30 s), so that the edge decides when a call is too slow:
+    # a megabyte of small numbers takes seconds to transcode, more when both workers are busy.
+    with httpx.Client(base_url=edge.rest_url, timeout=60) as client:
         yield client
 
 
@@ -237,10 +262,11 @@ def fetch_token(http: httpx.Client, client_id: str, client_secret: str) -> str:
 @pytest.fixture(scope="session")
 def consumer_for(cli: Cli, http: httpx.Client) -> Callable[[str], Consumer]:
     def create(tenant: str) -> Consumer:
-        created = json.loads(cli("consumer", "create", "--tenant", tenant, "--json"))
-        assert created["tenant"] == tenant
-        token = fetch_token(http, created["client_id"], created["client_secret"])
-        return Consumer(created["client_id"], created["client_secret"], tenant, token)
+        with administration_of(cli.data_dir, None) as admin:
+            created = admin.directory.create_consumer(tenant)
+        assert created.tenant == tenant
+        token = fetch_token(http, created.client_id, created.client_secret)
+        return Consumer(created.client_id, created.client_secret, tenant, token)
 
     return create
 
@@ -263,13 +289,14 @@ OPERATOR_PERMISSIONS = ("operate orchestra", "deploy orchestra definitions")
 @pytest.fixture(scope="session")
 def operator_for(cli: Cli, http: httpx.Client, deployed: None) -> Callable[[str], Consumer]:
     """Creates a consumer whose only role is `operator` and fetches its token."""
-    permissions = [arg for name in OPERATOR_PERMISSIONS for arg in ("--permission", name)]
-    cli("role", "create", OPERATOR_ROLE, *permissions)
+    with administration_of(cli.data_dir, None) as admin:
+        admin.directory.create_role(OPERATOR_ROLE, list(OPERATOR_PERMISSIONS))
 
     def create(tenant: str) -> Consumer:
-        created = json.loads(cli("consumer", "create", "--tenant", tenant, "--role", OPERATOR_ROLE, "--json"))
-        token = fetch_token(http, created["client_id"], created["client_secret"])
-        return Consumer(created["client_id"], created["client_secret"], tenant, token)
+        with administration_of(cli.data_dir, None) as admin:
+            created = admin.directory.create_consumer(tenant, [OPERATOR_ROLE])
+        token = fetch_token(http, created.client_id, created.client_secret)
+        return Consumer(created.client_id, created.client_secret, tenant, token)
 
     return create
 

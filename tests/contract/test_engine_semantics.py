@@ -29,6 +29,7 @@ from tests.contract.conftest import (
     Cli,
     Service,
     _service_env,
+    administration_of,
     fetch_token,
     start_edge,
 )
@@ -114,13 +115,17 @@ def _orchestra(data_dir: Path, db_url: str | None, *args: str) -> str:
     return result.stdout
 
 
-def _deploy(data_dir: Path, db_url: str | None, directory: Path, *definitions: dict[str, Any]) -> None:
+def _write(directory: Path, *definitions: dict[str, Any]) -> list[Path]:
     paths = []
     for definition in definitions:
         path = directory / f"{definition['id']}.yaml"
         path.write_text(yaml.safe_dump(definition), encoding="utf-8")
-        paths.append(str(path))
-    _orchestra(data_dir, db_url, "definition", "deploy", *paths)
+        paths.append(path)
+    return paths
+
+
+def _deploy(data_dir: Path, db_url: str | None, directory: Path, *definitions: dict[str, Any]) -> None:
+    _orchestra(data_dir, db_url, "definition", "deploy", *map(str, _write(directory, *definitions)))
 
 
 @dataclass
@@ -147,9 +152,10 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         reset_postgres(database)
         database.dispose()
     data_dir = tmp_path_factory.mktemp(f"engine-{request.param}")
-    _orchestra(data_dir, db_url, "tenant", "create", TENANT)
-    _deploy(data_dir, db_url, tmp_path_factory.mktemp("definitions"), *DEFINITIONS.values())
-    created = json.loads(_orchestra(data_dir, db_url, "consumer", "create", "--tenant", TENANT, "--json"))
+    with administration_of(data_dir, db_url) as admin:
+        admin.directory.create_tenant(TENANT)
+        admin.definitions.deploy(_write(tmp_path_factory.mktemp("definitions"), *DEFINITIONS.values()))
+        created = admin.directory.create_consumer(TENANT)
     service = Service(Cli(data_dir), data_dir / "service.log", *(("--db", db_url) if db_url else ()))
     edge: EnvoyProcess | None = None
     try:
@@ -159,8 +165,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             tenant_rate_limit=TenantRateLimit(),
         )
         with httpx.Client(base_url=edge.rest_url, timeout=30) as http:
-            token = fetch_token(http, created["client_id"], created["client_secret"])
-            consumer = Consumer(created["client_id"], created["client_secret"], TENANT, token)
+            token = fetch_token(http, created.client_id, created.client_secret)
+            consumer = Consumer(created.client_id, created.client_secret, TENANT, token)
             yield Stack(data_dir, db_url, http, consumer, service)
     finally:
         if edge is not None:

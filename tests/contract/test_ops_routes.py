@@ -27,7 +27,7 @@ from orchestra_server.wire.limits import MAX_REQUEST_BYTES
 from tests.conftest import reset_postgres
 from tests.contract.conftest import Cli, Service, fetch_token, start_edge
 from tests.contract.helpers import Consumer, assert_error, assert_ok, get_instance, parked_tokens, start
-from tests.contract.test_engine_semantics import _orchestra
+from tests.contract.test_engine_semantics import _orchestra, administration_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -102,24 +102,22 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         reset_postgres(database)
         database.dispose()
     data_dir = tmp_path_factory.mktemp(f"ops-{request.param}")
-    run = lambda *args: _orchestra(data_dir, db_url, *args)  # noqa: E731
-    run("tenant", "create", TENANT)
-    run("tenant", "create", OTHER_TENANT)
     definitions = tmp_path_factory.mktemp("ops-definitions")
     (definitions / "fragile.yaml").write_text(yaml.safe_dump(FRAGILE, sort_keys=False), encoding="utf-8")
     (definitions / "secret.yaml").write_text(yaml.safe_dump(SECRET, sort_keys=False), encoding="utf-8")
-    run("definition", "deploy", str(definitions / "fragile.yaml"))
-    run("definition", "deploy", str(definitions / "secret.yaml"), "--tenant", OTHER_TENANT)
-    run(
-        "role",
-        "create",
-        "operator",
-        "--permission",
-        "operate orchestra",
-        "--permission",
-        "deploy orchestra definitions",
-    )
-    run("role", "create", "watcher", "--permission", "operate orchestra")
+    seats = (("operator", TENANT, "operator"), ("watcher", TENANT, "watcher"), ("consumer", TENANT, None))
+    seats += (("other_operator", OTHER_TENANT, "operator"),)
+    with administration_of(data_dir, db_url) as admin:
+        admin.directory.create_tenant(TENANT)
+        admin.directory.create_tenant(OTHER_TENANT)
+        admin.definitions.deploy([definitions / "fragile.yaml"])
+        admin.definitions.deploy([definitions / "secret.yaml"], tenant=OTHER_TENANT)
+        admin.directory.create_role("operator", ["operate orchestra", "deploy orchestra definitions"])
+        admin.directory.create_role("watcher", ["operate orchestra"])
+        created = {
+            seat: admin.directory.create_consumer(tenant, [role] if role else None)
+            for seat, tenant, role in seats
+        }
     service = Service(Cli(data_dir), data_dir / "service.log", *(("--db", db_url) if db_url else ()))
     edge: EnvoyProcess | None = None
     try:
@@ -129,14 +127,20 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             tenant_rate_limit=TenantRateLimit(),
         )
         with httpx.Client(base_url=edge.rest_url, timeout=30) as http:
+            consumers = {
+                seat: Consumer(
+                    new.client_id,
+                    new.client_secret,
+                    new.tenant,
+                    fetch_token(http, new.client_id, new.client_secret),
+                )
+                for seat, new in created.items()
+            }
             yield Stack(
                 data_dir,
                 db_url,
                 http,
-                operator=_consumer(data_dir, db_url, http, TENANT, "operator"),
-                watcher=_consumer(data_dir, db_url, http, TENANT, "watcher"),
-                consumer=_consumer(data_dir, db_url, http, TENANT, None),
-                other_operator=_consumer(data_dir, db_url, http, OTHER_TENANT, "operator"),
+                **consumers,
                 service_address=service.address,
                 rest_port=edge.settings.rest_port,
             )

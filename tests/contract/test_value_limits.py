@@ -330,6 +330,15 @@ def _printed_size(printed: bytes, position: int, character: str) -> int:
     elif printed[position : position + 1] == b"\\":
         size = 2
     else:
-        size = len(character.encode())
+        # Unescaped: exactly the character's UTF-8, and a character JSON lets stand for itself
+        # (what decoding the bytes would check, without a decoder call for each of a million).
+        encoded = character.encode()
+        assert printed[position : position + len(encoded)] == encoded
+        assert character not in _MUST_ESCAPE, hex(ord(character))
+        return len(encoded)
     assert json.loads(b'"' + printed[position : position + size] + b'"') == character
     return size
+
+
+# What a JSON string may not hold unescaped: the quote, the backslash and the control characters.
+_MUST_ESCAPE = frozenset('"\\' + "".join(map(chr, range(0x20))))

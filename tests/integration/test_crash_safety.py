@@ -29,6 +29,8 @@ from tests.conftest import EXAMPLES, reset_postgres
 ORCHESTRA = Path(sys.executable).parent / "orchestra"
 # Each cycle restarts the service (about 2 s); `ORCHESTRA_CRASH_CYCLES` raises it for a soak run.
 CYCLES = int(os.environ.get("ORCHESTRA_CRASH_CYCLES", "3"))
+# How long a cycle's drivers may take to have their first start acknowledged.
+LOAD_START_SECONDS = 60.0
 
 
 def free_port() -> int:
@@ -180,6 +182,12 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, transport: str, db_u
             ]
             for t in threads:
                 t.start()
+            # The kill comes at a random moment once this cycle's load flows: on a busy machine the
+            # drivers' first calls (a token each) can take longer than the whole random window.
+            acknowledged = len(ledger.started)
+            flowing_by = time.monotonic() + LOAD_START_SECONDS
+            while len(ledger.started) == acknowledged and time.monotonic() < flowing_by:
+                time.sleep(0.01)
             time.sleep(rng.uniform(0.3, 1.2))
             server.kill()
             stop.set()
