@@ -117,6 +117,8 @@ def test_a_running_edge_takes_a_new_limit_without_a_restart_or_a_dropped_request
         # Taken away: the default applies again.
         assert edge.set_tenant_limits({})
         _until(lambda: _statuses(edge.rest_url, acme, 10) == Counter({200: 10}))
+        # The other tenant's calls went on across the changes, however quickly they applied.
+        _until(lambda: sum(seen.values()) > 20)
     finally:
         stop.set()
         for caller in callers:
@@ -124,7 +126,6 @@ def test_a_running_edge_takes_a_new_limit_without_a_restart_or_a_dropped_request
     assert edge.pid == pid
     assert edge.running
     assert set(seen) == {"200"}, seen
-    assert seen["200"] > 20
 
 
 def test_a_tenant_s_own_0_lifts_its_limit_while_the_others_keep_the_default(
