@@ -59,10 +59,11 @@ class _Details(grpc.HandlerCallDetails):
         self.invocation_metadata = metadata
 
 
-class _Context:
-    """The parts of grpc's ServicerContext the interceptor and the servicers use."""
+class CallContext:
+    """The parts of grpc's ServicerContext the interceptor and the servicers use (also the
+    stand-in of the interceptor's unit tests)."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self._metadata = metadata
         self._code: grpc.StatusCode | None = None
 
@@ -127,7 +128,7 @@ def _run(app: Any, runs: int, calls: int) -> dict[str, dict[str, float]]:
         handler = interceptor.intercept_service(
             lambda details: registry.handlers.get(details.method), _Details(method, metadata)
         )
-        context = _Context(metadata)
+        context = CallContext(metadata)
         answer = handler.unary_unary(handler.request_deserializer(data), context)
         if context.code() is not None:
             raise RuntimeError(f"{method} answered {context.code()}")

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from prometheus_client import generate_latest
 
+from bench.calls import CallContext as FakeContext
 from orchestra_server.observability.interceptor import ObservabilityInterceptor, recording_caller
 from orchestra_server.observability.logs import JsonFormatter
 from orchestra_server.observability.metrics import Metrics
@@ -20,24 +21,6 @@ from orchestra_server.service.processes import Caller
 
 SECRET_TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjbGllbnQtNyJ9.dG9wLXNlY3JldC1zaWduYXR1cmU"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeContext:
-    """The parts of grpc's ServicerContext the interceptor and the handlers use."""
-
-    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self._metadata = metadata
-        self._code: grpc.StatusCode | None = None
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
-
-    def code(self) -> grpc.StatusCode | None:
-        return self._code
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self._code = code
-        raise Exception()  # what grpc raises after recording the status
 
 
 @pytest.fixture
