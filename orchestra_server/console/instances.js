@@ -286,13 +286,16 @@ export function mount(main, ctx, queryText) {
   let definitionsLoaded = false;
   async function loadDefinitions() {
     const { definitions } = await ops.definitions();
+    // Only the menu's choices are added: whatever the reader typed or chose in the form while
+    // they loaded stays as it is.
+    const chosen = definitionSelect.value;
     for (const d of definitions) {
       if (![...definitionSelect.options].some((o) => o.value === d.definition_id)) {
         definitionSelect.append(h("option", { value: d.definition_id }, d.definition_id));
       }
     }
+    definitionSelect.value = chosen;
     definitionsLoaded = true;
-    writeForm();
   }
 
   async function refresh() {

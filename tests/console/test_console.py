@@ -356,6 +356,36 @@ def test_a_variable_filter_may_hold_query_characters(
     expect(page.locator("table.list tbody tr")).to_have_count(1)
 
 
+def test_a_filter_typed_while_the_definitions_load_is_kept(
+    page: Any, sign_in: SignIn, console_stack: ConsoleStack
+) -> None:
+    # The definitions menu fills in when its list arrives; the reader may have typed by then.
+    batch = uuid.uuid4().hex[:8]
+    ids = [console_stack.start("three_step", {"batch": batch}) for _ in range(2)]
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    page.route("**/orchestra-ops/v1/definitions", hold)
+    sign_in(route="#/instances")
+    page.get_by_label("Variables equal").fill(f'batch="{batch}"')
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the definitions were never asked for"
+    for route in held:
+        route.continue_()
+    page.unroute("**/orchestra-ops/v1/definitions", hold)
+    expect(page.locator("table.list tbody tr").first).to_be_visible()
+    expect(page.get_by_label("Variables equal")).to_have_value(f'batch="{batch}"')
+    page.get_by_role("button", name="Apply filters").click()
+    expect(page.locator("table.list tbody tr")).to_have_count(2)
+    for instance_id in ids:
+        expect(page.get_by_label(f"Select instance {instance_id}")).to_be_visible()
+
+
 def test_cancel_the_selected_instances_and_keep_the_selection_across_refreshes(
     page: Any, sign_in: SignIn, console_stack: ConsoleStack
 ) -> None:

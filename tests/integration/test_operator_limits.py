@@ -46,15 +46,19 @@ def _free_port() -> int:
 
 @pytest.fixture
 def stranger() -> Iterator[Callable[..., int]]:
-    """Another program listening on a port: `stranger()` binds one and returns its number;
-    `stranger(reuse_port=True)` is one that would share it (SO_REUSEPORT)."""
+    """Another program listening on a port: `stranger()` binds one and returns its number
+    (`port=` a given one); `stranger(reuse_port=True)` is one that would share it (SO_REUSEPORT)."""
     sockets: list[socket.socket] = []
 
-    def listen(reuse_port: bool = False) -> int:
+    def listen(reuse_port: bool = False, port: int = 0) -> int:
         sock = socket.socket()
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            raise
         sock.listen()
         sockets.append(sock)
         return int(sock.getsockname()[1])
@@ -186,13 +190,28 @@ def _assert_refused_naming(result: subprocess.CompletedProcess[str], port: int, 
     assert "Traceback" not in result.stderr
 
 
+def _port_before_a_strangers(stranger: Callable[..., int]) -> tuple[socket.socket, int]:
+    """A bound socket on some port P and a stranger listening on P + 1."""
+    for _ in range(50):
+        first = socket.socket()
+        first.bind(("127.0.0.1", 0))
+        port = int(first.getsockname()[1])
+        try:
+            return first, stranger(port=port + 1)
+        except OSError:
+            first.close()
+    raise AssertionError("no two free neighbouring ports")
+
+
 def test_up_with_a_worker_port_taken_fails_at_once_naming_it(
     tmp_path: Path, stranger: Callable[..., int]
 ) -> None:
-    taken = stranger()
     data_dir = tmp_path / "data"
-    # Worker 1 would listen on the port after worker 0's.
-    args = ["--grpc-port", str(taken - 1), "--workers", "2", "--http-port", str(_free_port())]
+    # Worker 1 would listen on the port after worker 0's: a stranger holds that one, and worker
+    # 0's is held free for the command until it runs (other tests run beside this one).
+    first, taken = _port_before_a_strangers(stranger)
+    args = ["--grpc-port", str(first.getsockname()[1]), "--workers", "2", "--http-port", str(_free_port())]
+    first.close()
     _assert_refused_naming(_run("up", "--data-dir", str(data_dir), *args), taken, "gRPC worker")
     # Before any worker started (each would have a log) or the database was made.
     assert not data_dir.exists()
