@@ -3,9 +3,11 @@
 The real application (SQLite in a temporary directory) and the server's own interceptor and
 servicers, as `create_server` registers them, are called directly: decode the request bytes,
 run the handler through the interceptor, encode the answer, for ping, getInstance, start,
-signal (each parked token once) and setVariable. Each scenario runs `--runs` times `--calls`
-calls; the minimum of the runs is what a call costs when nothing else gets in the way (the
-machine is shared), the median shows the noise. CPU is the calling thread's (user and system).
+signal (each parked token once) and setVariable, and, as an operator on a tenant of
+`--instances` seeded instances (1 in 100 in an incident), the operations API's reads of a
+page of 100: SearchInstances with `has_incident` and ListIncidents. Each scenario runs `--runs`
+times `--calls` calls; the minimum of the runs is what a call costs when nothing else gets in
+the way (the machine is shared), the median shows the noise. CPU is the calling thread's (user and system).
 The access log is written as a worker writes it, as JSON, here to /dev/null.
 
 What this leaves out is grpc's own share (the Python server loop, the hand-off to a pool
@@ -27,15 +29,21 @@ from urllib.parse import urlencode
 import grpc
 from google.protobuf import struct_pb2
 from orchestra.v1 import diagnostics_service_pb2 as diag_pb
+from orchestra.v1 import operations_service_pb2 as ops
 from orchestra.v1 import orchestra_service_pb2 as pb
 
+from bench.seed import INCIDENT_DEFINITION, seed_instances
 from orchestra_server.bootstrap import build_application
+from orchestra_server.identity.consumers import OPERATE_PERMISSION
 from orchestra_server.observability.logs import configure_logging
 from orchestra_server.settings import Settings
 from orchestra_server.transport.server import add_servicers, call_interceptor
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+INCIDENT_DEFINITION_FILE = f"{INCIDENT_DEFINITION}.yaml"
 ORCHESTRA = "/orchestra.v1.OrchestraService/"
+OPERATIONS = "/orchestra.v1.OperationsService/"
+OPERATOR_ROLE = "calls_operator"
 PING = "/orchestra.v1.DiagnosticsService/Ping"
 
 
@@ -96,35 +104,44 @@ def _measure(call: Callable[[], object], runs: int, calls: int) -> dict[str, flo
     return {"cpu_us_min": min(cpu), "cpu_us_median": statistics.median(cpu), "wall_us_min": min(wall)}
 
 
-def run(runs: int, calls: int) -> dict[str, dict[str, float]]:
+def run(runs: int, calls: int, instances: int) -> dict[str, dict[str, float]]:
     configure_logging("INFO", json=True, stream=open("/dev/null", "w"))  # noqa: SIM115
     with tempfile.TemporaryDirectory(prefix="orchestra-calls-") as data_dir:
         app = build_application(Settings(data_dir=Path(data_dir)))
         try:
-            return _run(app, runs, calls)
+            return _run(app, runs, calls, instances)
         finally:
             app.close()
 
 
-def _run(app: Any, runs: int, calls: int) -> dict[str, dict[str, float]]:
-    app.definitions.deploy([EXAMPLES / "three_step.yaml"])
-    consumer = app.directory.create_consumer("default", None)
+def _metadata(app: Any, roles: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """The metadata the edge forwards for a new consumer of the default tenant with `roles`."""
+    consumer = app.directory.create_consumer("default", roles)
     form = {"grant_type": "client_credentials", "client_id": consumer.client_id}
     form["client_secret"] = consumer.client_secret
     answer = app.token_endpoint.handle(
         urlencode(form).encode(), "application/x-www-form-urlencoded", None, app.clock()
     )
-    metadata = (
+    return (
         ("authorization", "Bearer " + json.loads(answer.body)["access_token"]),
         ("x-request-id", "0f0e0d0c-0b0a-0908-0706-050403020100"),
         ("x-orchestra-tenant", "default"),
     )
+
+
+def _run(app: Any, runs: int, calls: int, instances: int) -> dict[str, dict[str, float]]:
+    app.definitions.deploy([EXAMPLES / "three_step.yaml", EXAMPLES / INCIDENT_DEFINITION_FILE])
+    app.directory.create_role(OPERATOR_ROLE, [OPERATE_PERMISSION])
+    consumer_metadata = _metadata(app, None)
+    operator_metadata = _metadata(app, [OPERATOR_ROLE])
+    seed_instances("", "default", instances, incident_every=100, database=app.database)
     deps = app.server_dependencies()
     registry = _Registry()
     add_servicers(registry, deps)  # type: ignore[arg-type]
     interceptor = call_interceptor(deps)
 
     def call(method: str, data: bytes) -> bytes:
+        metadata = operator_metadata if method.startswith(OPERATIONS) else consumer_metadata
         handler = interceptor.intercept_service(
             lambda details: registry.handlers.get(details.method), _Details(method, metadata)
         )
@@ -155,12 +172,24 @@ def _run(app: Any, runs: int, calls: int) -> dict[str, dict[str, float]]:
         instance_id=instance.id, name="counter", value=struct_pb2.Value(number_value=1)
     ).SerializeToString()
     ping_bytes = diag_pb.PingRequest().SerializeToString()
+    has_incident_bytes = ops.SearchInstancesRequest(has_incident=True, page_size=100).SerializeToString()
+    incidents_bytes = ops.ListIncidentsRequest(page_size=100).SerializeToString()
+    for method, data, field in (
+        ("SearchInstances", has_incident_bytes, ops.SearchInstancesResponse),
+        ("ListIncidents", incidents_bytes, ops.ListIncidentsResponse),
+    ):
+        answer = field.FromString(call(OPERATIONS + method, data))
+        items = answer.instances if method == "SearchInstances" else answer.incidents  # type: ignore[attr-defined]
+        if len(items) != min(100, instances // 100):
+            raise RuntimeError(f"{method} answered {len(items)} items for {instances // 100} incidents")
     scenarios: dict[str, Callable[[], object]] = {
         "ping": lambda: call(PING, ping_bytes),
         "get_instance": lambda: call(ORCHESTRA + "GetInstance", get_bytes),
         "start_process": lambda: call(ORCHESTRA + "StartProcess", start_bytes),
         "signal": lambda: call(ORCHESTRA + "SignalToken", next(parked)),
         "set_variable": lambda: call(ORCHESTRA + "SetVariable", set_bytes),
+        "search_incident": lambda: call(OPERATIONS + "SearchInstances", has_incident_bytes),
+        "list_incidents": lambda: call(OPERATIONS + "ListIncidents", incidents_bytes),
     }
     results = {}
     for name, scenario in scenarios.items():
@@ -175,9 +204,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.calls", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="runs per scenario (the minimum is reported)")
     parser.add_argument("--calls", type=int, default=100, help="calls per run")
+    parser.add_argument(
+        "--instances", type=int, default=10_000, help="instances seeded for the operations API's reads"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    results = run(args.runs, args.calls)
+    results = run(args.runs, args.calls, args.instances)
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,7 +325,7 @@ def run_database(db: str, plan: Plan, root: Path, out: dict[str, Any]) -> dict[s
         run["operations"] = report.operations_summary(growth)
 
         if plan.profile and db == "sqlite":
-            run["profiles"] = _profiles(runner, stack, workdir, d)
+            run["profiles"] = _profiles(runner, stack, workdir, d, plan.scenarios)
 
         if plan.sweep and db == "sqlite":
             log(f"{db}: REST load sweep")
@@ -391,18 +392,24 @@ def _sweep(runner: Runner, plan: Plan) -> dict[str, Any]:
     return sweep
 
 
-def _profiles(runner: Runner, stack: Stack, workdir: Path, d: float) -> dict[str, Any]:
+def _profiles(
+    runner: Runner, stack: Stack, workdir: Path, d: float, scenarios: Sequence[str]
+) -> dict[str, Any]:
+    """Profiles of ping and the consumer scenarios in the run, and of the operations API's reads on
+    the grown tenant."""
     from bench import profile
 
     out: dict[str, Any] = {}
     pid = stack.worker_pids[0]
-    for scenario in ("ping", "get_instance", "start_process", "complete"):
+    profiled = [s for s in ("ping", "get_instance", "start_process", "complete") if s in ("ping", *scenarios)]
+    profiled += [s for s in OPERATIONS if s in scenarios]
+    for scenario in profiled:
         raw = workdir / f"profile-{scenario}.txt"
         log(f"profiling worker 0 during REST {scenario}")
         spy = profile.start(pid, d, raw)
         if spy is None:
             return {"error": "py-spy not installed (pip install py-spy)"}
-        result = runner.rest(scenario, d)
+        result = runner.rest(scenario, d, tenant="big" if scenario in OPERATIONS else "bench")
         spy.wait(timeout=d + 30)
         if raw.exists():
             out[scenario] = profile.fold(raw) | {"rps_while_profiled": result.rps}

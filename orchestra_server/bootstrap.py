@@ -19,6 +19,7 @@ from orchestra_server.edge import EdgeSettings, EnvoyProcess, Upstream
 from orchestra_server.edge.config import REPO_ROOT
 from orchestra_server.identity.access_tokens import AccessTokenIssuer, AccessTokenVerifier
 from orchestra_server.identity.authenticator import Authenticator, check_forwarded_tenant
+from orchestra_server.identity.client_secrets import SecretChecks
 from orchestra_server.identity.keys import KeyRing, load_or_create_page_token_key
 from orchestra_server.identity.token_endpoint import TokenEndpoint
 from orchestra_server.observability.metrics import Metrics
@@ -51,7 +52,7 @@ def new_id() -> str:
 def _open_database(settings: Settings, *, must_exist: bool = False) -> Database:
     return open_database(
         settings.database_url,
-        pool_size=settings.pool_size,
+        pool_size=max(settings.pool_size, settings.call_threads),
         sqlite_synchronous=settings.sqlite_synchronous,
         must_exist=must_exist,
     )
@@ -272,7 +273,9 @@ def build_application(
             definitions=definitions,
         ),
         key_ring=key_ring,
-        token_endpoint=TokenEndpoint(directory, issuer),
+        token_endpoint=TokenEndpoint(
+            directory, issuer, checks=SecretChecks.for_call_threads(settings.call_threads)
+        ),
         authenticator=Authenticator(
             verifier, directory, recheck_seconds=settings.revocation_recheck_seconds, clock=clock
         ),

@@ -27,7 +27,7 @@ from orchestra_server.bootstrap import (
 from orchestra_server.errors import OrchestraError
 from orchestra_server.identity.keys import MIN_PUBLISH_LEAD
 from orchestra_server.service.processes import Caller
-from orchestra_server.settings import ENVIRONMENT, MAX_GRACE_PERIOD, Settings, SettingsError
+from orchestra_server.settings import ENVIRONMENT, MAX_CALL_THREADS, MAX_GRACE_PERIOD, Settings, SettingsError
 from orchestra_server.storage.database import DatabaseNotReady
 from orchestra_server.wire.key_set import KEY_SET_REFRESH_SECONDS
 from orchestra_server.wire.rate_limits import TEXT_FORM, TenantRateLimit, parse_rate_limit
@@ -203,6 +203,7 @@ def serving_options(func: F) -> F:
         metrics_port="metrics_port",
         log_format="log_format",
         grace_period="grace_period",
+        call_threads="call_threads",
     )
     options = [
         *STORAGE_OPTIONS,
@@ -257,6 +258,18 @@ def serving_options(func: F) -> F:
                 "On SIGTERM or Ctrl-C, stop taking calls and give those in flight this long to finish.",
                 "grace_period",
                 DEFAULTS.grace_period,
+            ),
+        ),
+        click.option(
+            "--call-threads",
+            type=click.IntRange(1, MAX_CALL_THREADS),
+            default=None,
+            metavar="N",
+            help=_help(
+                "Threads per worker that run calls; further calls wait in line for one. More threads "
+                "only add switching between them: a worker runs Python on one core at a time.",
+                "call_threads",
+                DEFAULTS.call_threads,
             ),
         ),
         click.option(

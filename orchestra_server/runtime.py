@@ -95,7 +95,7 @@ def run_worker(
             address,
             app.server_dependencies(),
             ServerOptions(
-                max_workers=settings.pool_size, grace_seconds=settings.grace_period, share_port=share_port
+                max_workers=settings.call_threads, grace_seconds=settings.grace_period, share_port=share_port
             ),
         )
     finally:

@@ -27,6 +27,8 @@ LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # A bound so a grace period given in milliseconds by mistake is refused, not waited out.
 MAX_GRACE_PERIOD = 3600.0
+DEFAULT_CALL_THREADS = 4
+MAX_CALL_THREADS = 64
 
 # Setting name -> the environment variable that supplies it when no flag does.
 ENVIRONMENT: Mapping[str, str] = {
@@ -42,6 +44,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "metrics_port": "ORCHESTRA_METRICS_PORT",
     "edge_dir": "ORCHESTRA_EDGE_DIR",
     "grace_period": "ORCHESTRA_GRACE_PERIOD",
+    "call_threads": "ORCHESTRA_CALL_THREADS",
     "tenant_rate_limit": "ORCHESTRA_TENANT_RATE_LIMIT",
 }
 
@@ -72,8 +75,11 @@ class Settings:
     key_publish_lead: timedelta = DEFAULT_PUBLISH_LEAD
     # Revoking a consumer or removing its permission takes effect within this time.
     revocation_recheck_seconds: float = 2.0
-    # Connections per process; the gRPC server runs as many calls at once (ServerOptions.max_workers).
+    # Database connections per process (at least call_threads: a running call never waits for one).
     pool_size: int = 16
+    # Threads per worker process that run calls (ServerOptions.max_workers); further calls admitted
+    # wait in line for one.
+    call_threads: int = DEFAULT_CALL_THREADS
     # Seconds a stopping worker lets the calls in flight finish before it cancels them and exits.
     grace_period: float = 10.0
     # What the edge allows each tenant that has no limit of its own (`tenant set-limit`).
@@ -93,6 +99,10 @@ class Settings:
         if not 0 <= self.grace_period <= MAX_GRACE_PERIOD:
             raise SettingsError(
                 f"{ENVIRONMENT['grace_period']} must be a number of seconds from 0 to {MAX_GRACE_PERIOD:.0f}"
+            )
+        if not 1 <= self.call_threads <= MAX_CALL_THREADS:
+            raise SettingsError(
+                f"{ENVIRONMENT['call_threads']} must be a whole number from 1 to {MAX_CALL_THREADS}"
             )
         problem = self.tenant_rate_limit.problem()
         if problem is not None:
@@ -143,6 +153,11 @@ def _parse(name: str, variable: str, text: str) -> Any:
             return int(text)
         except ValueError:
             raise SettingsError(f"{variable} must be a port number (0 to 65535)") from None
+    if name == "call_threads":
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{variable} must be a whole number from 1 to {MAX_CALL_THREADS}") from None
     if name == "grace_period":
         try:
             return float(text)

@@ -250,6 +250,18 @@ class SecretChecks:
         self._matched: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_call_threads(cls, call_threads: int) -> SecretChecks:
+        """The checks of a worker running `call_threads` calls at once: one check at a time and a
+        queue short enough that a flood of token requests holds at most half of the threads
+        (one, when there are fewer than four), so every other call still finds one."""
+        return cls(concurrent=1, queue=min(2, max(0, call_threads // 2 - 1)))
+
+    @property
+    def held_at_most(self) -> int:
+        """The most call threads a flood of checks can hold at once (running or waiting)."""
+        return self._admit_limit
+
     def verify(self, client_id: str, secret: str, stored: str, *, may_remember: bool) -> bool:
         key = self._fingerprint(client_id, secret, stored) if may_remember else None
         if key is not None and self._recall(key):

@@ -8,8 +8,17 @@ from bench.calls import run
 def test_every_scenario_runs_through_the_real_call_path() -> None:
     # run() raises when a call answers with an error status, so reaching the figures means
     # each call (authenticated, logged, counted) succeeded.
-    results = run(runs=2, calls=3)
-    assert set(results) == {"ping", "get_instance", "start_process", "signal", "set_variable"}
+    # It also checks the operations reads answer a page of the seeded incidents (3 of 300).
+    results = run(runs=2, calls=3, instances=300)
+    assert set(results) == {
+        "ping",
+        "get_instance",
+        "start_process",
+        "signal",
+        "set_variable",
+        "search_incident",
+        "list_incidents",
+    }
     for figures in results.values():
         assert figures["cpu_us_min"] <= figures["cpu_us_median"]
         assert figures["wall_us_min"] > 0

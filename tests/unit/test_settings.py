@@ -9,7 +9,7 @@ import pytest
 
 from orchestra_server.edge.config import DEFAULT_JWKS_CACHE_SECONDS
 from orchestra_server.identity.keys import DEFAULT_PUBLISH_LEAD
-from orchestra_server.settings import Settings, SettingsError
+from orchestra_server.settings import DEFAULT_CALL_THREADS, Settings, SettingsError
 
 
 def test_defaults_without_environment() -> None:
@@ -78,3 +78,12 @@ def test_the_grace_period_comes_from_the_environment_and_must_be_sensible_second
     for bad in ("soon", "-1", "nan", "1e9"):
         with pytest.raises(SettingsError, match="ORCHESTRA_GRACE_PERIOD must be a number of seconds"):
             Settings.load({"ORCHESTRA_GRACE_PERIOD": bad})
+
+
+def test_call_threads_come_from_the_environment_and_must_be_a_sensible_count() -> None:
+    assert Settings().call_threads == DEFAULT_CALL_THREADS
+    assert Settings.load({"ORCHESTRA_CALL_THREADS": "8"}).call_threads == 8
+    assert Settings.load({"ORCHESTRA_CALL_THREADS": "8"}, call_threads=2).call_threads == 2
+    for bad in ("many", "0", "-4", "65", "2.5"):
+        with pytest.raises(SettingsError, match="ORCHESTRA_CALL_THREADS must be a whole number from 1 to 64"):
+            Settings.load({"ORCHESTRA_CALL_THREADS": bad})

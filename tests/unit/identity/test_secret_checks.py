@@ -246,3 +246,27 @@ def test_failed_attempts_remember_a_bounded_number_of_client_ids() -> None:
     assert [failures.refused(client) for client in ("a", "b", "c", "d")] == [False, True, True, True]
     failures.forget("b")
     assert not failures.refused("b")
+
+
+@pytest.mark.parametrize("call_threads", [1, 2, 3, 4, 5, 6, 16, 64])
+def test_a_flood_of_checks_holds_at_most_half_of_the_call_threads(call_threads: int) -> None:
+    held = SecretChecks.for_call_threads(call_threads).held_at_most
+    assert 1 <= held <= max(1, call_threads // 2)
+
+
+def test_the_checks_of_four_call_threads_refuse_a_third_caller_at_once(
+    directory: FakeDirectory, issuer: AccessTokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four threads: one check running and one waiting hold two; the others stay for other calls.
+    counted = Counted(monkeypatch, pause=0.5)
+    endpoint = _endpoint(directory, issuer, SecretChecks.for_call_threads(4))
+    threads = _busy(endpoint, "first", "second")
+    try:
+        began = time.monotonic()
+        with pytest.raises(errors.Overloaded):
+            endpoint.handle(_grant("wrong", "third"), FORM, None, NOW)
+        assert time.monotonic() - began < 0.1
+        assert counted.most_at_once == 1
+    finally:
+        for thread in threads:
+            thread.join()
