@@ -42,6 +42,18 @@ def _help(text: str, setting: str, default: object = None) -> str:
     return f"{text} [env: {ENVIRONMENT[setting]}{shown}]"
 
 
+def _setting_option(setting: str, kind: click.ParamType[Any], metavar: str, text: str) -> Callable[[F], F]:
+    """The flag `--<setting>` over its environment variable, unset unless given, its help naming
+    both and the default."""
+    return click.option(
+        "--" + setting.replace("_", "-"),
+        type=kind,
+        default=None,
+        metavar=metavar,
+        help=_help(text, setting, getattr(DEFAULTS, setting)),
+    )
+
+
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
@@ -249,28 +261,18 @@ def serving_options(func: F) -> F:
                 "metrics_port",
             ),
         ),
-        click.option(
-            "--grace-period",
-            type=click.FloatRange(0, MAX_GRACE_PERIOD),
-            default=None,
-            metavar="SECONDS",
-            help=_help(
-                "On SIGTERM or Ctrl-C, stop taking calls and give those in flight this long to finish.",
-                "grace_period",
-                DEFAULTS.grace_period,
-            ),
+        _setting_option(
+            "grace_period",
+            click.FloatRange(0, MAX_GRACE_PERIOD),
+            "SECONDS",
+            "On SIGTERM or Ctrl-C, stop taking calls and give those in flight this long to finish.",
         ),
-        click.option(
-            "--call-threads",
-            type=click.IntRange(1, MAX_CALL_THREADS),
-            default=None,
-            metavar="N",
-            help=_help(
-                "Threads per worker that run calls; further calls wait in line for one. More threads "
-                "only add switching between them: a worker runs Python on one core at a time.",
-                "call_threads",
-                DEFAULTS.call_threads,
-            ),
+        _setting_option(
+            "call_threads",
+            click.IntRange(1, MAX_CALL_THREADS),
+            "N",
+            "Threads per worker that run calls; further calls wait in line for one. More threads "
+            "only add switching between them: a worker runs Python on one core at a time.",
         ),
         click.option(
             "--log-format",

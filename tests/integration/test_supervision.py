@@ -86,6 +86,9 @@ def up(tmp_path: Path) -> Iterator[Up]:
     http_port = _free_port()
     command = [str(ORCHESTRA), "up", "--data-dir", str(data_dir), "--workers", "1"]
     command += ["--http-port", str(http_port), "--grpc-port", str(_free_port()), "--grace-period", "10"]
+    # Fewer call threads than the readers the graceful-stop test keeps in flight: those waiting in
+    # line for a thread must be answered too.
+    command += ["--call-threads", "2"]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_environment()
     )
@@ -250,4 +253,15 @@ def test_a_grace_period_out_of_range_is_refused_before_anything_starts(tmp_path:
         )
         assert result.exit_code == 2, result.output
         assert "--grace-period" in result.output
+    assert not (tmp_path / "d").exists(), "a refused command touched the data directory"
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_a_call_thread_count_out_of_range_is_refused_at_once(tmp_path: Path, command: str) -> None:
+    for bad in ("0", "65", "many"):
+        result = CliRunner().invoke(
+            main, [command, "--data-dir", str(tmp_path / "d"), "--call-threads", bad], env=_environment()
+        )
+        assert result.exit_code == 2, result.output
+        assert "--call-threads" in result.output
     assert not (tmp_path / "d").exists(), "a refused command touched the data directory"
