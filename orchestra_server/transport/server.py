@@ -65,8 +65,9 @@ class ServerDependencies:
 
 @dataclass(frozen=True)
 class ServerOptions:
-    # Threads that run calls. A worker takes this from Settings.pool_size, the size of its
-    # database pool, so a call never waits for a connection while a thread is free.
+    # Threads that run calls; admitted calls beyond them wait in line. A worker takes this from
+    # Settings.call_threads, and its database pool is at least as large, so a running call never
+    # waits for a connection.
     max_workers: int = 16
     # Calls admitted at once before new ones are refused with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 256
