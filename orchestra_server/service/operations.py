@@ -735,29 +735,31 @@ def _incident_position(token: str, filters: list[str], key: bytes) -> tuple[date
     return datetime.fromisoformat(since), str(token_id)
 
 
+# The views are built positionally, in their fields' order, from the rows' named fields: a page
+# holds up to 1,000 of them, and keyword arguments cost a named tuple twice the time.
 def _overview(row: repo.InstanceOverview) -> InstanceOverviewView:
     return InstanceOverviewView(
-        id=row.id,
-        definition_id=row.definition_id,
-        definition_version=row.definition_version,
-        status=row.status,
-        started_at=row.started_at,
-        updated_at=row.updated_at,
-        ended_at=row.ended_at,
-        open_incidents=row.open_incidents,
+        row.id,
+        row.definition_id,
+        row.definition_version,
+        row.status,
+        row.started_at,
+        row.updated_at,
+        row.ended_at,
+        row.open_incidents,
     )
 
 
 def _incident(row: repo.IncidentRow) -> IncidentView:
     return IncidentView(
-        instance_id=row.instance_id,
-        definition_id=row.definition_id,
-        definition_version=row.definition_version,
-        token_id=row.token_id,
-        node_id=row.node_id,
-        kind=row.kind,
-        reason=row.reason,
-        since=row.since,
+        row.instance_id,
+        row.definition_id,
+        row.definition_version,
+        row.token_id,
+        row.node_id,
+        row.kind,
+        row.reason,
+        row.since,
     )
 
 

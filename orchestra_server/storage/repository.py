@@ -1037,18 +1037,11 @@ def search_instances(
         parameters[f"name{n}"] = name
         parameters[f"digest{n}"] = digest
     rows = execute(conn, statement, _used(statement, parameters)).fetchall()
+    # Positional, in the statement's column order: a page builds up to 1,000 of these, and
+    # keyword arguments cost a named tuple twice the time (both drivers give ints for the
+    # integer columns and counts).
     return [
-        InstanceOverview(
-            seq=int(r[0]),
-            id=r[1],
-            definition_id=r[2],
-            definition_version=int(r[3]),
-            status=r[4],
-            started_at=_time(r[5]),
-            updated_at=_time(r[6]),
-            ended_at=read_time(r[7]),
-            open_incidents=int(r[8]),
-        )
+        InstanceOverview(r[0], r[1], r[2], r[3], r[4], _time(r[5]), _time(r[6]), read_time(r[7]), r[8])
         for r in rows
     ]
 
@@ -1084,18 +1077,10 @@ def list_incidents(
         parameters["since"] = bind_time(conn, after[0])
         parameters["token"] = after[1]
     rows = execute(conn, statement, parameters).fetchall()
+    unclassified = IncidentKind.UNCLASSIFIED.value
+    # Positional, in the statement's column order (see search_instances).
     return [
-        IncidentRow(
-            token_id=r[0],
-            node_id=r[1],
-            kind=r[2] or IncidentKind.UNCLASSIFIED.value,
-            reason=r[3] or "",
-            since=_time(r[4]),
-            instance_id=r[5],
-            definition_id=r[6],
-            definition_version=int(r[7]),
-        )
-        for r in rows
+        IncidentRow(r[0], r[1], r[2] or unclassified, r[3] or "", _time(r[4]), r[5], r[6], r[7]) for r in rows
     ]
 
 
