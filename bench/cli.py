@@ -401,8 +401,8 @@ def _profiles(
 
     out: dict[str, Any] = {}
     pid = stack.worker_pids[0]
-    profiled = [s for s in ("ping", "get_instance", "start_process", "complete") if s in ("ping", *scenarios)]
-    profiled += [s for s in OPERATIONS if s in scenarios]
+    candidates = ("get_instance", "start_process", "complete", *OPERATIONS)
+    profiled = ["ping", *(s for s in candidates if s in scenarios)]
     for scenario in profiled:
         raw = workdir / f"profile-{scenario}.txt"
         log(f"profiling worker 0 during REST {scenario}")

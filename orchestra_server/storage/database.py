@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,8 +186,7 @@ class Database:
         followed by a write inside it can never interleave with another writer.
         On PostgreSQL callers lock the rows they change (SELECT ... FOR UPDATE).
         """
-        turn = self.writers.turn() if self.writers is not None else nullcontext()
-        with turn, _translate_outage(self.faults), self.engine.connect() as conn:
+        with self._writer_turn(), _translate_outage(self.faults), self.engine.connect() as conn:
             conn = conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
@@ -223,8 +222,7 @@ class Database:
         driver's own transaction, rows locked by the statements), committed when the block ends
         and rolled back on any error, without SQLAlchemy's per-connection work.
         """
-        turn = self.writers.turn() if self.writers is not None else nullcontext()
-        with turn, _translate_outage(self.faults), _wrapped_driver_errors(self.engine.dialect):
+        with self._writer_turn(), _translate_outage(self.faults), _wrapped_driver_errors(self.engine.dialect):
             pooled = self.engine.raw_connection()
             driver: Any = pooled.dbapi_connection
             try:
@@ -240,6 +238,10 @@ class Database:
                 raise
             finally:
                 pooled.close()
+
+    def _writer_turn(self) -> AbstractContextManager[None]:
+        """This writer's turn among every process's writers (SQLite), or nothing to wait for."""
+        return self.writers.turn() if self.writers is not None else nullcontext()
 
     def check_writable(self) -> None:
         """Raises Unavailable when the database cannot serve: while writes have been failing,
