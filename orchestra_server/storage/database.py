@@ -43,6 +43,8 @@ _SQLITE_STORAGE_FAULTS = frozenset({3, 8, 10, 13, 14})  # PERM, READONLY, IOERR,
 # The write the health check makes while writes are failing, to see when they work again: it
 # changes no value but is a real write (SQLite appends the page to its log, PostgreSQL a row version).
 _WRITE_PROBE = "UPDATE alembic_version SET version_num = version_num"
+# Marks a pooled connection opened and not yet handed out.
+_OPENED_FOR_CHECKOUT = "orchestra_opened_for_checkout"
 # What lost or refused PostgreSQL connections say; a refused one carries no SQLSTATE (psycopg
 # says only "connection failed: ...").
 _CONNECT_FAILURES = (
@@ -306,8 +308,17 @@ def _is_storage_fault(exc: Exception) -> bool:
 
 
 def _discard_stale_connections(engine: Engine, faults: StorageFaults) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_OPENED_FOR_CHECKOUT] = True
+
     @event.listens_for(engine, "checkout")
     def on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # A connection opened for this very checkout is taken as it is: it is the newest there can
+        # be, though its opening time may precede a fault another thread reported meanwhile, and
+        # the pool, refused twice, would give up with an error that is no outage.
+        if record.info.pop(_OPENED_FOR_CHECKOUT, False):
+            return
         if faults.stale(record.starttime):
             # The pool closes this one and opens a fresh connection in its place.
             raise DisconnectionError("opened before a storage fault")

@@ -65,12 +65,12 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float
 
 
 def _write(client: GrpcOrchestraClient) -> str:
-    """One write's outcome: OK, or the name of the error it answered."""
+    """One write's outcome: OK, or the error it answered."""
     try:
         client.start_process("three_step", {"n": 1})
         return "OK"
     except errors.OrchestraError as exc:
-        return type(exc).__name__
+        return _outcome(exc)
 
 
 def _read(client: GrpcOrchestraClient) -> str:
@@ -78,7 +78,14 @@ def _read(client: GrpcOrchestraClient) -> str:
         client.list_instances()
         return "OK"
     except errors.OrchestraError as exc:
-        return type(exc).__name__
+        return _outcome(exc)
+
+
+def _outcome(exc: errors.OrchestraError) -> str:
+    """The error's name; with its message when it is not the expected Unavailable, so a failure
+    says what the worker answered."""
+    name = type(exc).__name__
+    return name if isinstance(exc, errors.Unavailable) else f"{name}: {exc}"
 
 
 def _fault_cycles(server: Server, client: GrpcOrchestraClient, fault: Callable[[bool], None]) -> list[float]:

@@ -57,3 +57,35 @@ def test_other_sqlite_errors_are_not_outages(tmp_path: Path) -> None:
         assert not database.faults.failing
     finally:
         database.dispose()
+
+
+def test_a_fault_reported_while_a_stale_connection_is_replaced_does_not_fail_the_checkout(
+    tmp_path: Path,
+) -> None:
+    database = open_database(default_url(tmp_path))
+    try:
+        with database.reading() as conn:  # a pooled connection, opened before the fault
+            conn.exec_driver_sql("SELECT 1")
+        database.faults.fault()
+
+        # Another thread's write fails (and reports the fault again) while this checkout opens
+        # the replacement: the replacement was opened before that report, yet it is the newest
+        # connection there can be. Were it refused too, the pool would give up after its second
+        # attempt with an error that is no outage at all.
+        @event.listens_for(database.engine, "connect")
+        def fault_reported_meanwhile(_dbapi_connection: Any, _record: Any) -> None:
+            database.faults.fault()
+
+        for _ in range(3):
+            with database.reading() as conn:
+                assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+        # A connection opened during the fault is still replaced once writes work again.
+        event.remove(database.engine, "connect", fault_reported_meanwhile)
+        opened = []
+        event.listen(database.engine, "connect", lambda dbapi, _record: opened.append(dbapi))
+        database.faults.recovered()
+        with database.reading() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        assert len(opened) == 1
+    finally:
+        database.dispose()
