@@ -577,7 +577,7 @@ class OperationsService:
         """Retries, skips or cancels the branch of an incident token; the instance status after."""
         if action not in _RESOLVE:
             raise InvalidArgument("action must be one of " + ", ".join(RESOLVE_ACTIONS))
-        encoded = limits.encode_variables(dict(variables)) if variables else None
+        values = repo.stored_values(limits.encode_variables(dict(variables))) if variables else None
         if not limits.is_plausible_id(token_id):
             raise TokenNotInIncident()
         with self._db.writing() as conn:
@@ -587,7 +587,7 @@ class OperationsService:
                 token_id,
                 action=f"incident.{action}",
                 resolve=_RESOLVE[action],
-                variables=encoded,
+                variables=values,
             )
         return status.value
 

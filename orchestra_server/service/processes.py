@@ -179,8 +179,25 @@ class ProcessService:
         idempotency_key: str | None,
         request_hash: str | None,
     ) -> str:
+        # The new instance depends on nothing a concurrent write can change (definitions are
+        # only ever added, and the newest version is taken as of this read), so all of its work
+        # is done before the writer's turn, which then holds only the statements. On SQLite
+        # every writer waits for that turn: what is done outside it is done in parallel.
+        with self._db.driver_reading() as conn:
+            found = repo.definition_for_tenant(conn, caller.tenant_id, definition_id)
+            if found is None:
+                raise UnknownDefinition()
+            pk, content = found
+            definition = self._definitions.get(conn, pk, content)
+        now = self._clock()
+        # The engine sees the values as stored, so conditions match what getVariables shows.
+        step = engine.start(
+            definition, {k: json.loads(v) for k, v in encoded.items()}, now=now, new_id=self._new_id
+        )
+        instance_id = self._new_id()
+        values = repo.stored_values(encoded)
+        detail = repo.dump_json({"definition_id": definition_id, "definition_pk": pk, **step_detail(step)})
         with self._db.driver_writing() as conn:
-            now = self._clock()
             if idempotency_key is not None and request_hash is not None:
                 earlier = repo.find_idempotency_key(
                     conn, caller.tenant_id, idempotency_key, now - limits.IDEMPOTENCY_RETENTION
@@ -189,15 +206,6 @@ class ProcessService:
                     if earlier[0] != request_hash:
                         raise IdempotencyConflict()
                     return earlier[1]
-            found = repo.definition_for_tenant(conn, caller.tenant_id, definition_id)
-            if found is None:
-                raise UnknownDefinition()
-            pk, content = found
-            definition = self._definitions.get(conn, pk, content)
-            # The engine sees the values as stored, so conditions match what getVariables shows.
-            stored_values = {k: json.loads(v) for k, v in encoded.items()}
-            step = engine.start(definition, stored_values, now=now, new_id=self._new_id)
-            instance_id = self._new_id()
             seq = repo.insert_instance(
                 conn,
                 instance_id=instance_id,
@@ -207,7 +215,7 @@ class ProcessService:
                 status=step.status,
                 now=now,
             )
-            repo.insert_variables(conn, caller.tenant_id, seq, encoded)
+            repo.insert_variables(conn, caller.tenant_id, seq, values)
             repo.insert_tokens(conn, seq, caller.tenant_id, step.created)
             if idempotency_key is not None and request_hash is not None:
                 repo.store_idempotency_key(
@@ -225,7 +233,7 @@ class ProcessService:
                 actor=caller.actor,
                 action="instance.start",
                 instance_id=instance_id,
-                detail={"definition_id": definition_id, "definition_pk": pk, **step_detail(step)},
+                detail=detail,
             )
             return instance_id
 
@@ -302,13 +310,14 @@ class ProcessService:
         text = limits.encode_value(name, value)
         if not limits.is_plausible_id(instance_id):
             raise InstanceNotWritable()
+        stored = repo.stored_value(text)
         with self._db.driver_writing() as conn:
             header = repo.find_instance(conn, caller.tenant_id, instance_id, lock=True)
             if header is None or header.status is not InstanceStatus.RUNNING:
                 raise InstanceNotWritable()
             others, size = repo.other_variables_size(conn, header.seq, name)
             limits.check_instance_variables(others + 1, size + len(name) + len(text.encode()))
-            repo.upsert_variable(conn, caller.tenant_id, header.seq, name, text)
+            repo.upsert_variable(conn, caller.tenant_id, header.seq, name, stored)
             now = self._clock()
             repo.touch_instance(conn, header.seq, now)
             repo.record_audit(
@@ -325,11 +334,11 @@ class ProcessService:
         self, caller: Caller, token_id: str, variables: Mapping[str, Json] | None = None
     ) -> None:
         """Releases a parked token; `variables` are set first, in the same transaction, all or none."""
-        encoded = limits.encode_variables(dict(variables)) if variables else None
+        values = repo.stored_values(limits.encode_variables(dict(variables))) if variables else None
         if not limits.is_plausible_id(token_id):
             raise TokenNotParked()
         with self._db.driver_writing() as conn:
-            self._advance_in(conn, caller, token_id, action="token.signal", variables=encoded)
+            self._advance_in(conn, caller, token_id, action="token.signal", variables=values)
 
     def fire_due_token(self, tenant_id: str, token_id: str) -> bool:
         """Fires a due timer or timeout as the scheduler; False when it is no longer due or parked."""
@@ -396,7 +405,7 @@ class ProcessService:
         token_id: str,
         *,
         action: str,
-        variables: dict[str, str] | None = None,
+        variables: Mapping[str, repo.StoredValue] | None = None,
         resolve: engine.Advance | None = None,
     ) -> InstanceStatus:
         """One advance under the instance lock; with `resolve`, of an incident token by that engine call."""
@@ -448,7 +457,7 @@ class ProcessService:
         *,
         action: str,
         resolve: engine.Advance,
-        variables: dict[str, str] | None,
+        variables: Mapping[str, repo.StoredValue] | None,
     ) -> InstanceStatus:
         """Resolves an incident token in the caller's transaction: TokenNotInIncident when it is not one."""
         return self._advance_in(conn, caller, token_id, action=action, variables=variables, resolve=resolve)
@@ -501,17 +510,19 @@ def _write_fired(conn: Connection, instances: list[_FiredInstance], now: datetim
     repo.touch_instances(conn, touched, now)
 
 
-def write_variables(conn: Session, tenant_id: str, instance_seq: int, encoded: dict[str, str]) -> None:
+def write_variables(
+    conn: Session, tenant_id: str, instance_seq: int, values: Mapping[str, repo.StoredValue]
+) -> None:
     """Sets checked variables of a running instance within its published total, or LimitExceeded."""
     sizes = repo.variable_sizes(conn, instance_seq)
-    for name, text in encoded.items():
-        sizes[name] = len(name) + len(text.encode())
+    for name, value in values.items():
+        sizes[name] = len(name) + len(value.text.encode())
     limits.check_instance_variables(len(sizes), sum(sizes.values()))
-    for name, text in encoded.items():
-        repo.upsert_variable(conn, tenant_id, instance_seq, name, text)
+    for name, value in values.items():
+        repo.upsert_variable(conn, tenant_id, instance_seq, name, value)
 
 
-def variable_names(encoded: Mapping[str, str] | None) -> dict[str, Json]:
+def variable_names(encoded: Mapping[str, object] | None) -> dict[str, Json]:
     """The audit detail naming the variables a step set (their values stay out of the trail)."""
     return {"variables": sorted(encoded)} if encoded else {}
 

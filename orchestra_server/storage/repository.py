@@ -858,10 +858,31 @@ def _comparison_form(value: Json) -> Json:
     return value
 
 
-def insert_variables(conn: Session, tenant_id: str, instance_seq: int, values: dict[str, str]) -> None:
+class StoredValue(NamedTuple):
+    """A variable's value as stored: its JSON text and the digest a search by value looks up.
+
+    Made before a write transaction begins (`stored_values`), so the writer's turn holds only
+    the statements."""
+
+    text: str
+    digest: str
+
+
+def stored_value(text: str) -> StoredValue:
+    return StoredValue(text, value_digest(text))
+
+
+def stored_values(encoded: Mapping[str, str]) -> dict[str, StoredValue]:
+    """Encoded values (name -> JSON text) as stored."""
+    return {name: StoredValue(text, value_digest(text)) for name, text in encoded.items()}
+
+
+def insert_variables(
+    conn: Session, tenant_id: str, instance_seq: int, values: Mapping[str, StoredValue]
+) -> None:
     if values:
         rows = [
-            {"seq": instance_seq, "tenant": tenant_id, "name": k, "value": v, "digest": value_digest(v)}
+            {"seq": instance_seq, "tenant": tenant_id, "name": k, "value": v.text, "digest": v.digest}
             for k, v in values.items()
         ]
         execute_many(conn, SQL_INSERT_VARIABLE, rows)
@@ -880,8 +901,8 @@ def other_variables_size(conn: Session, instance_seq: int, name: str) -> tuple[i
     return int(count), int(size)
 
 
-def upsert_variable(conn: Session, tenant_id: str, instance_seq: int, name: str, value: str) -> None:
-    parameters = {"seq": instance_seq, "name": name, "value": value, "digest": value_digest(value)}
+def upsert_variable(conn: Session, tenant_id: str, instance_seq: int, name: str, value: StoredValue) -> None:
+    parameters = {"seq": instance_seq, "name": name, "value": value.text, "digest": value.digest}
     cursor = execute(conn, SQL_UPDATE_VARIABLE, parameters)
     updated = cursor.rowcount
     cursor.close()
@@ -900,8 +921,9 @@ def record_audit(
     actor: str,
     action: str,
     instance_id: str | None,
-    detail: dict[str, Json],
+    detail: dict[str, Json] | str,
 ) -> None:
+    """Writes one audit row; `detail` as a dict, or as its JSON text made before the transaction."""
     execute(
         conn,
         SQL_AUDIT,
@@ -911,7 +933,7 @@ def record_audit(
             "actor": actor,
             "action": action,
             "instance_id": instance_id,
-            "detail": dump_json(detail),
+            "detail": detail if isinstance(detail, str) else dump_json(detail),
         },
     ).close()
 
