@@ -30,7 +30,7 @@ from orchestra_server.service.processes import Caller, ProcessService
 from orchestra_server.service.scheduler import TimerScheduler
 from orchestra_server.service.status import read_engine_state
 from orchestra_server.settings import Settings
-from orchestra_server.storage.database import Database, open_database
+from orchestra_server.storage.database import Database, LogCheckpointer, open_database
 from orchestra_server.storage.migrate import current_revision, require_current, upgrade
 from orchestra_server.transport.server import ServerDependencies
 from orchestra_server.wire.rate_limits import TenantRateLimit
@@ -188,6 +188,8 @@ class Application:
     metrics: Metrics
     # None: this process fires no timers (with SQLite only the first worker does).
     scheduler: TimerScheduler | None
+    # SQLite in a file: its log is checkpointed in the background once started.
+    checkpointer: LogCheckpointer | None = None
     _closed: bool = field(default=False, repr=False)
 
     def health_problems(self) -> list[str]:
@@ -225,7 +227,10 @@ class Application:
         )
 
     def start(self) -> None:
-        """Starts the background work: the timer scheduler, when this process runs one."""
+        """Starts the background work: the timer scheduler, when this process runs one, and the
+        checkpoints of a SQLite database's log."""
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.scheduler is not None:
             self.scheduler.start()
 
@@ -234,6 +239,8 @@ class Application:
             self._closed = True
             if self.scheduler is not None:
                 self.scheduler.stop()
+            if self.checkpointer is not None:
+                self.checkpointer.stop()
             self.database.dispose()
 
 
@@ -281,6 +288,7 @@ def build_application(
         ),
         metrics=metrics,
         scheduler=timers,
+        checkpointer=database.log_checkpointer(),
     )
 
 
