@@ -43,6 +43,7 @@ from orchestra_server.service.processes import (
     decode_page_token,
     encode_page_position,
     encode_page_token,
+    stored_variables,
 )
 from orchestra_server.storage import repository as repo
 from orchestra_server.storage.database import Database
@@ -577,7 +578,7 @@ class OperationsService:
         """Retries, skips or cancels the branch of an incident token; the instance status after."""
         if action not in _RESOLVE:
             raise InvalidArgument("action must be one of " + ", ".join(RESOLVE_ACTIONS))
-        values = repo.stored_values(limits.encode_variables(dict(variables))) if variables else None
+        values = stored_variables(variables)
         if not limits.is_plausible_id(token_id):
             raise TokenNotInIncident()
         with self._db.writing() as conn:

@@ -334,7 +334,7 @@ class ProcessService:
         self, caller: Caller, token_id: str, variables: Mapping[str, Json] | None = None
     ) -> None:
         """Releases a parked token; `variables` are set first, in the same transaction, all or none."""
-        values = repo.stored_values(limits.encode_variables(dict(variables))) if variables else None
+        values = stored_variables(variables)
         if not limits.is_plausible_id(token_id):
             raise TokenNotParked()
         with self._db.driver_writing() as conn:
@@ -508,6 +508,11 @@ def _write_fired(conn: Connection, instances: list[_FiredInstance], now: datetim
     for status, seqs in by_status.items():
         repo.set_status_of(conn, seqs, status, now)
     repo.touch_instances(conn, touched, now)
+
+
+def stored_variables(variables: Mapping[str, Json] | None) -> dict[str, repo.StoredValue] | None:
+    """Variables a signal or a resolution sets, checked and as stored; None for none."""
+    return repo.stored_values(limits.encode_variables(dict(variables))) if variables else None
 
 
 def write_variables(

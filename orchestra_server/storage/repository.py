@@ -874,7 +874,7 @@ def stored_value(text: str) -> StoredValue:
 
 def stored_values(encoded: Mapping[str, str]) -> dict[str, StoredValue]:
     """Encoded values (name -> JSON text) as stored."""
-    return {name: StoredValue(text, value_digest(text)) for name, text in encoded.items()}
+    return {name: stored_value(text) for name, text in encoded.items()}
 
 
 def insert_variables(
