@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -80,13 +81,61 @@ class ServerOptions:
     share_port: bool = False
 
 
+class CallThreads(futures.ThreadPoolExecutor):
+    """The threads that run calls, knowing whether any call is running or waiting for one of them.
+
+    The server hands a call to these threads as soon as it takes the call up; until then the call
+    sits in the transport, where stopping the server would cancel it. `quiet_for` is how the
+    serving loop tells that nothing is left there before it stops (see `_drain`).
+    """
+
+    def __init__(self, max_workers: int, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="rpc")
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._unfinished = 0
+        self._last_taken = clock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        with self._lock:
+            self._unfinished += 1
+            self._last_taken = self._clock()
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future: futures.Future[Any] | None) -> None:
+        with self._lock:
+            self._unfinished -= 1
+
+    def quiet_for(self) -> float:
+        """Seconds since the last call was taken up, or 0 while any call is running or waiting."""
+        with self._lock:
+            return 0.0 if self._unfinished else max(0.0, self._clock() - self._last_taken)
+
+
+@dataclass(frozen=True)
+class BuiltServer:
+    """A server not yet started, with what `serve` drives it by."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    calls: CallThreads
+
+
 def create_server(
     address: str, deps: ServerDependencies, options: ServerOptions | None = None
-) -> tuple[grpc.Server, int, health.HealthServicer]:
+) -> BuiltServer:
     """Builds a server bound to `address` (port 0 picks a free port); returns it unstarted with its port."""
     options = options or ServerOptions()
+    calls = CallThreads(options.max_workers)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
+        calls,
         interceptors=[call_interceptor(deps)],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         options=[
@@ -107,7 +156,7 @@ def create_server(
         port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    return server, port, health_servicer
+    return BuiltServer(server, port, health_servicer, calls)
 
 
 def call_interceptor(deps: ServerDependencies) -> grpc.ServerInterceptor:  # type: ignore[type-arg]
@@ -139,6 +188,11 @@ HEALTH_RECHECK_SECONDS = 0.5
 # grace period (its thread cannot be stopped, and Python waits for it at exit) does not keep the
 # process alive.
 EXIT_DEADLINE_SECONDS = 2.0
+# After SIGTERM, a worker serves on until it has been idle this long (see `_drain`)...
+DRAIN_QUIET_SECONDS = 0.1
+DRAIN_POLL_SECONDS = 0.02
+# ...but for no more than this share of the grace period: the rest is for the calls still running.
+DRAIN_SHARE_OF_GRACE = 0.5
 
 
 def _watch_health(
@@ -167,14 +221,16 @@ def serve(
     *,
     ready: threading.Event | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then stops taking calls and lets running ones finish.
+    """Serves until SIGTERM or SIGINT, then drains (see `_drain`), stops taking calls and lets
+    running ones finish.
 
-    Calls still running after `options.grace_seconds` are cancelled; if one of them still holds
+    Calls still running `options.grace_seconds` after the signal are cancelled; if one of them still holds
     its thread when the process exits, the process ends EXIT_DEADLINE_SECONDS later with status
     1 rather than being kept alive by it.
     """
     options = options or ServerOptions()
-    server, port, health_servicer = create_server(address, deps, options)
+    built = create_server(address, deps, options)
+    server, port, health_servicer = built.server, built.port, built.health
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -198,11 +254,36 @@ def serve(
             pass
         # Tell health checkers first so the edge stops routing here, then drain.
         health_servicer.enter_graceful_shutdown()
-        server.stop(options.grace_seconds).wait()
+        stopping = time.monotonic()
+        _drain(built.calls, options.grace_seconds * DRAIN_SHARE_OF_GRACE)
+        server.stop(max(0.0, options.grace_seconds - (time.monotonic() - stopping))).wait()
         _bound_the_exit(EXIT_DEADLINE_SECONDS)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _drain(
+    calls: CallThreads,
+    longest: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Keeps serving until no call has been running, waiting or taken up for DRAIN_QUIET_SECONDS,
+    or for `longest` seconds at most.
+
+    Stopping the server cancels every call that reached the transport but was not yet taken up,
+    and taking one up needs the interpreter, which busy call threads keep to themselves for long
+    stretches: stopping at once would cut calls a client (or the edge) had already handed over.
+    Calls that come meanwhile are served like any other; once the edge has seen the health status
+    and routes elsewhere, none come.
+    """
+    deadline = clock() + longest
+    while calls.quiet_for() < DRAIN_QUIET_SECONDS:
+        left = deadline - clock()
+        if left <= 0:
+            return
+        sleep(min(DRAIN_POLL_SECONDS, left))
 
 
 def _bound_the_exit(seconds: float) -> None:

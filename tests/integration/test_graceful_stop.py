@@ -1,5 +1,5 @@
-"""SIGTERM to a worker: calls in flight are answered, new ones refused, and a hung call cannot hold
-the process past the grace period."""
+"""SIGTERM to a worker: calls in flight, and those still waiting to be taken up, are answered, it
+stops once idle, and a hung call cannot hold the process past the grace period."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from orchestra.v1 import orchestra_service_pb2 as pb
 from orchestra.v1 import orchestra_service_pb2_grpc as pb_grpc
 
 from orchestra_server.runtime import wait_healthy
 
 # A worker built as `run_worker` builds it and served by the same `serve`, whose calls take as long
-# as the test says: authentication (the first thing every call does) waits HOLD seconds first.
+# as the test says: authentication (the first thing every call does) first waits HOLD seconds
+# ("sleep"), or works that long without letting another thread of the process run ("spin").
 WORKER = textwrap.dedent(
     """
     import sys, time
@@ -34,16 +36,26 @@ WORKER = textwrap.dedent(
     from orchestra_server.transport.server import ServerOptions, serve
 
     data_dir, port, hold, grace = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    how, threads = sys.argv[5], int(sys.argv[6])
     settings = Settings(data_dir=data_dir, grace_period=grace)
     app = build_application(settings)
+    # One summation over a range runs in one piece, holding the interpreter lock throughout.
+    spin_steps = 10_000_000
+    started = time.perf_counter()
+    sum(range(spin_steps))
+    steps_per_second = spin_steps / (time.perf_counter() - started)
 
     def slow_authenticate(authorization, tenant_hint, now):
-        time.sleep(hold)
+        if how == "spin":
+            sum(range(int(hold * steps_per_second)))
+        else:
+            time.sleep(hold)
         return Caller("default", "slow-caller", API_PERMISSIONS)
 
     deps = replace(app.server_dependencies(), authenticate=slow_authenticate)
     try:
-        serve(f"127.0.0.1:{port}", deps, ServerOptions(max_workers=16, grace_seconds=settings.grace_period))
+        options = ServerOptions(max_workers=threads, grace_seconds=settings.grace_period)
+        serve(f"127.0.0.1:{port}", deps, options)
     finally:
         app.close()
     print("worker exited", flush=True)
@@ -57,12 +69,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_worker(tmp_path: Path, hold: float, grace: float) -> tuple[subprocess.Popen[str], str]:
+def _start_worker(
+    tmp_path: Path, hold: float, grace: float, how: str = "sleep", threads: int = 16
+) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    arguments = [str(tmp_path / "data"), str(port), str(hold), str(grace), how, str(threads)]
     process = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "data"), str(port), str(hold), str(grace)],
+        [sys.executable, str(script), *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -102,23 +117,51 @@ def _call_all(target: str, count: int) -> tuple[list[str], threading.Thread]:
 
 
 @pytest.mark.timeout(90)
-def test_calls_in_flight_at_sigterm_are_all_answered_and_new_ones_refused(tmp_path: Path) -> None:
+def test_calls_in_flight_at_sigterm_are_answered_and_so_are_those_that_come_while_they_finish(
+    tmp_path: Path,
+) -> None:
     process, target = _start_worker(tmp_path, hold=2.0, grace=10.0)
     try:
         outcomes, callers = _call_all(target, 8)
         time.sleep(0.5)  # every call is now inside the server, waiting in authentication
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
+        # Health checkers (the edge) are told to route elsewhere; a call that comes anyway while
+        # the others finish is served, not cut.
+        with grpc.insecure_channel(target) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
         late, late_caller = _call_all(target, 1)
         late_caller.join(30)
         callers.join(30)
         output, _ = process.communicate(timeout=30)
+        # Once the worker has stopped, nothing more is taken.
+        after, after_caller = _call_all(target, 1)
+        after_caller.join(30)
     finally:
         process.kill()
     assert outcomes == ["OK"] * 8, output
-    assert late == ["UNAVAILABLE"], output
+    assert late == ["OK"], output
+    assert after == ["UNAVAILABLE"], output
     assert process.returncode == 0, output
     assert "worker exited" in output
+
+
+@pytest.mark.timeout(90)
+def test_calls_still_waiting_to_be_taken_up_at_sigterm_are_answered(tmp_path: Path) -> None:
+    # Two call threads that keep the interpreter to themselves: the server takes up the other
+    # calls one by one, between them, so at SIGTERM most have arrived without being taken up yet.
+    process, target = _start_worker(tmp_path, hold=0.25, grace=10.0, how="spin", threads=2)
+    try:
+        outcomes, callers = _call_all(target, 16)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        callers.join(60)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert outcomes == ["OK"] * 16, (outcomes, output)
+    assert process.returncode == 0, output
 
 
 @pytest.mark.timeout(90)

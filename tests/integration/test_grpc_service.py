@@ -62,7 +62,8 @@ def stack(tmp_path: Path, clock: FakeClock) -> Iterator[Stack]:
     app = build_application(settings, clock=clock)
     app.definitions.deploy([EXAMPLES / "three_step.yaml", EXAMPLES / "parallel_review.yaml"])
     app.directory.create_tenant("globex")
-    server, port, _health = create_server("127.0.0.1:0", app.server_dependencies())
+    built = create_server("127.0.0.1:0", app.server_dependencies())
+    server, port = built.server, built.port
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:

@@ -81,7 +81,8 @@ def stack(tmp_path: Path, clock: FakeClock) -> Iterator[Stack]:
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    server, port, _health = create_server("127.0.0.1:0", app.server_dependencies())
+    built = create_server("127.0.0.1:0", app.server_dependencies())
+    server, port = built.server, built.port
     server.start()
     metrics_server, metrics_port = start_metrics_server(app.metrics.registry, "127.0.0.1", 0)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -250,11 +250,11 @@ def test_a_worker_server_does_not_bind_a_port_another_program_shares(
         # Workers of one `serve --workers N` do share theirs, with each other.
         shared = _free_port()
         options = ServerOptions(share_port=True)
-        first, port, _ = create_server(f"127.0.0.1:{shared}", app.server_dependencies(), options)
-        second, again, _ = create_server(f"127.0.0.1:{shared}", app.server_dependencies(), options)
-        assert port == again == shared
-        first.stop(0)
-        second.stop(0)
+        first = create_server(f"127.0.0.1:{shared}", app.server_dependencies(), options)
+        second = create_server(f"127.0.0.1:{shared}", app.server_dependencies(), options)
+        assert first.port == second.port == shared
+        first.server.stop(0)
+        second.server.stop(0)
     finally:
         app.close()
 

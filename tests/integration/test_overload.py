@@ -22,9 +22,10 @@ from tests.integration.test_races import run_together
 def test_calls_past_the_limit_are_shed_not_queued(tmp_path: Path) -> None:
     app = build_application(Settings(data_dir=tmp_path))
     app.definitions.deploy([EXAMPLES / "three_step.yaml"])
-    server, port, _ = create_server(
+    built = create_server(
         "127.0.0.1:0", app.server_dependencies(), ServerOptions(max_workers=4, max_concurrent_rpcs=3)
     )
+    server, port = built.server, built.port
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.OrchestraServiceStub(channel)

@@ -214,6 +214,7 @@ def test_sigterm_lets_the_requests_in_flight_through_the_edge_finish(up: Up) -> 
         path = f"/orchestra-api/instance/{started.json()['instance_id']}/variables"
     answers: list[int | str] = []
     answered_at: list[float] = []
+    first_answer = threading.Event()
     readers = 8
     sent = threading.Barrier(readers + 1)
 
@@ -226,14 +227,15 @@ def test_sigterm_lets_the_requests_in_flight_through_the_edge_finish(up: Up) -> 
             except httpx.TransportError as exc:
                 answers.append(f"{type(exc).__name__}: {exc}")
             answered_at.append(time.monotonic())
+            first_answer.set()
 
     callers = [threading.Thread(target=read) for _ in range(readers)]
     for caller in callers:
         caller.start()
     sent.wait()
-    # Time for every request to reach the worker: one that arrives after SIGTERM is refused by
-    # design (the worker stops accepting), and that is not what this test is about.
-    time.sleep(1.0)
+    # The two call threads answer two readers at a time: when the first answer is in, the others
+    # are with the worker, most of them waiting to be taken up.
+    assert first_answer.wait(30), "no answer in 30 s"
     signalled = time.monotonic()
     up.process.send_signal(signal.SIGTERM)
     for caller in callers:
@@ -241,7 +243,7 @@ def test_sigterm_lets_the_requests_in_flight_through_the_edge_finish(up: Up) -> 
     assert up.process.wait(30) == 0, "".join(up.output)
     # Every one is answered in full by the service: never cut (a transport error) nor left to
     # the edge (503).
-    assert answers == [200] * readers, answers
+    assert answers == [200] * readers, (answers, "".join(up.output))
     assert sum(t > signalled for t in answered_at) >= 2, "too few requests were still in flight at SIGTERM"
 
 
