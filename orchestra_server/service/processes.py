@@ -197,11 +197,10 @@ class ProcessService:
         instance_id = self._new_id()
         values = repo.stored_values(encoded)
         detail = repo.dump_json({"definition_id": definition_id, "definition_pk": pk, **step_detail(step)})
+        not_before = now - limits.IDEMPOTENCY_RETENTION
         with self._db.driver_writing() as conn:
             if idempotency_key is not None and request_hash is not None:
-                earlier = repo.find_idempotency_key(
-                    conn, caller.tenant_id, idempotency_key, now - limits.IDEMPOTENCY_RETENTION
-                )
+                earlier = repo.find_idempotency_key(conn, caller.tenant_id, idempotency_key, not_before)
                 if earlier is not None:
                     if earlier[0] != request_hash:
                         raise IdempotencyConflict()
@@ -225,6 +224,7 @@ class ProcessService:
                     request_hash=request_hash,
                     instance_id=instance_id,
                     now=now,
+                    not_before=not_before,
                 )
             repo.record_audit(
                 conn,

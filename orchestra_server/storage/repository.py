@@ -113,7 +113,11 @@ SQL_FIND_IDEMPOTENCY_KEY = Sql(
     "SELECT request_hash, instance_id FROM idempotency_keys"
     " WHERE tenant_id = :tenant AND key = :key AND created_at >= :not_before"
 )
-SQL_FORGET_IDEMPOTENCY_KEY = Sql("DELETE FROM idempotency_keys WHERE tenant_id = :tenant AND key = :key")
+# Only an expired row: a live one a racing start has just committed stays, and this start's
+# insert then fails on the key (the caller answers the racer's instance).
+SQL_FORGET_IDEMPOTENCY_KEY = Sql(
+    "DELETE FROM idempotency_keys WHERE tenant_id = :tenant AND key = :key AND created_at < :not_before"
+)
 SQL_STORE_IDEMPOTENCY_KEY = Sql(
     "INSERT INTO idempotency_keys (tenant_id, key, request_hash, instance_id, created_at)"
     " VALUES (:tenant, :key, :request_hash, :instance_id, :now)"
@@ -987,10 +991,23 @@ def find_idempotency_key(
 
 
 def store_idempotency_key(
-    conn: Session, *, tenant_id: str, key: str, request_hash: str, instance_id: str, now: datetime
+    conn: Session,
+    *,
+    tenant_id: str,
+    key: str,
+    request_hash: str,
+    instance_id: str,
+    now: datetime,
+    not_before: datetime,
 ) -> None:
-    # An expired row with the same key is replaced; the caller holds the write lock.
-    execute(conn, SQL_FORGET_IDEMPOTENCY_KEY, {"tenant": tenant_id, "key": key}).close()
+    """Keeps a start's key; a row of the key created before `not_before` (expired) is replaced.
+
+    A live row of the key (a racing start's, committed or not) makes the insert fail with an
+    integrity error: on PostgreSQL once the racer commits, on SQLite never, as the writers'
+    turn lets the later start find the key first.
+    """
+    forget = {"tenant": tenant_id, "key": key, "not_before": bind_time(conn, not_before)}
+    execute(conn, SQL_FORGET_IDEMPOTENCY_KEY, forget).close()
     parameters = {
         "tenant": tenant_id,
         "key": key,

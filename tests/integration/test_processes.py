@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from orchestra_server import errors
 from orchestra_server.service import limits
@@ -350,6 +352,63 @@ def test_idempotent_start(world: World) -> None:
     world.deploy(THREE_STEP, tenant="bob", name="bob3")
     assert world.processes.start_process(BOB, "three_step", {"a": 1}, idempotency_key="order-17") != first
     assert len(world.processes.list_instances(ALICE).instances) == 1
+
+
+def test_an_expired_idempotency_key_starts_a_new_instance_and_is_kept_anew(world: World) -> None:
+    world.deploy(THREE_STEP)
+    first = world.processes.start_process(ALICE, "three_step", {"a": 1}, idempotency_key="order-9")
+    world.clock.now += limits.IDEMPOTENCY_RETENTION + timedelta(seconds=1)
+    # Past its retention the key is free again, even for another request...
+    second = world.processes.start_process(ALICE, "three_step", {"a": 2}, idempotency_key="order-9")
+    assert second != first
+    # ...and from then on it names the new instance.
+    assert world.processes.start_process(ALICE, "three_step", {"a": 2}, idempotency_key="order-9") == second
+    with pytest.raises(errors.IdempotencyConflict):
+        world.processes.start_process(ALICE, "three_step", {"a": 1}, idempotency_key="order-9")
+
+
+def test_racing_starts_with_one_new_idempotency_key_make_one_instance(world: World) -> None:
+    world.deploy(THREE_STEP)
+    racers = 6
+    gate = threading.Barrier(racers)
+    started: list[str] = []
+
+    def start() -> None:
+        gate.wait()
+        started.append(world.processes.start_process(ALICE, "three_step", {"a": 1}, idempotency_key="race-1"))
+
+    threads = [threading.Thread(target=start) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # On PostgreSQL the losers' key inserts fail (with the commit, where a start's inserts are
+    # sent together) and each answers the winner's instance.
+    assert len(started) == racers
+    assert len(set(started)) == 1
+    assert [i.id for i in world.processes.list_instances(ALICE).instances] == started[:1]
+
+
+def test_a_start_whose_write_fails_stores_nothing(world: World) -> None:
+    world.deploy(THREE_STEP)
+    first = world.processes.start_process(ALICE, "three_step", {"a": 1})
+    taken = world.processes.get_instance(ALICE, first).tokens[0].id
+    # Every id it gives is a live token's: the instance's is new among instances, the token's not.
+    clashing = ProcessService(
+        world.database, clock=world.clock, new_id=lambda: taken, page_token_key=PAGE_TOKEN_KEY
+    )
+    audits = world.audit_count()
+    # The instance row goes in before the token insert fails (on PostgreSQL that failure comes
+    # back with the commit): all of the start is rolled back.
+    with pytest.raises(IntegrityError):
+        clashing.start_process(ALICE, "three_step", {"b": 2})
+    with pytest.raises(errors.InstanceNotFound):
+        world.processes.get_instance(ALICE, taken)
+    assert world.audit_count() == audits
+    assert [i.id for i in world.processes.list_instances(ALICE).instances] == [first]
+    # The connection the failed start used serves the next one.
+    second = world.processes.start_process(ALICE, "three_step", {"c": 3})
+    assert world.processes.get_variables(ALICE, second) == {"c": 3}
 
 
 def test_a_bad_file_deploys_nothing(world: World, tmp_path: Path) -> None:
