@@ -265,7 +265,8 @@ def serving_options(func: F) -> F:
             "grace_period",
             click.FloatRange(0, MAX_GRACE_PERIOD),
             "SECONDS",
-            "On SIGTERM or Ctrl-C, stop taking calls and give those in flight this long to finish.",
+            "On SIGTERM or Ctrl-C, serve on until idle (half of this at most), then stop taking "
+            "calls and give those in flight the rest of it to finish.",
         ),
         _setting_option(
             "call_threads",
