@@ -382,8 +382,8 @@ def test_racing_starts_with_one_new_idempotency_key_make_one_instance(world: Wor
         thread.start()
     for thread in threads:
         thread.join(30)
-    # On PostgreSQL the losers' key inserts fail (with the commit, where a start's inserts are
-    # sent together) and each answers the winner's instance.
+    # On PostgreSQL the losers' key inserts fail once the winner commits, and each answers the
+    # winner's instance; on SQLite the writers' turn lets each later start find the key.
     assert len(started) == racers
     assert len(set(started)) == 1
     assert [i.id for i in world.processes.list_instances(ALICE).instances] == started[:1]
@@ -398,8 +398,7 @@ def test_a_start_whose_write_fails_stores_nothing(world: World) -> None:
         world.database, clock=world.clock, new_id=lambda: taken, page_token_key=PAGE_TOKEN_KEY
     )
     audits = world.audit_count()
-    # The instance row goes in before the token insert fails (on PostgreSQL that failure comes
-    # back with the commit): all of the start is rolled back.
+    # The instance row goes in before the token insert fails: all of the start is rolled back.
     with pytest.raises(IntegrityError):
         clashing.start_process(ALICE, "three_step", {"b": 2})
     with pytest.raises(errors.InstanceNotFound):
