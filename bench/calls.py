@@ -8,7 +8,9 @@ signal (each parked token once) and setVariable, and, as an operator on a tenant
 page of 100: SearchInstances with `has_incident` and ListIncidents. Each scenario runs `--runs`
 times `--calls` calls; the minimum of the runs is what a call costs when nothing else gets in
 the way (the machine is shared), the median shows the noise. CPU is the calling thread's (user and system).
-The access log is written as a worker writes it, as JSON, here to /dev/null.
+The access log is written as a worker writes it, as JSON, here to /dev/null. Pages per call
+are the database pages a call's commit writes (appends to the write-ahead log), counted over
+further calls after the scenario's runs.
 
 What this leaves out is grpc's own share (the Python server loop, the hand-off to a pool
 thread) and contention between threads; `python -m bench` measures those with the real stack.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -45,6 +48,8 @@ ORCHESTRA = "/orchestra.v1.OrchestraService/"
 OPERATIONS = "/orchestra.v1.OperationsService/"
 OPERATOR_ROLE = "calls_operator"
 PING = "/orchestra.v1.DiagnosticsService/Ping"
+# Calls over which the pages a call writes are counted.
+PAGE_SAMPLE = 50
 
 
 class _Registry:
@@ -164,7 +169,7 @@ def _run(app: Any, runs: int, calls: int, instances: int) -> dict[str, dict[str,
     parked = iter(
         [
             pb.SignalTokenRequest(token_id=started().tokens[0].id).SerializeToString()
-            for _ in range(runs * calls)
+            for _ in range(runs * calls + PAGE_SAMPLE)
         ]
     )
     get_bytes = pb.GetInstanceRequest(instance_id=instance.id).SerializeToString()
@@ -197,7 +202,25 @@ def _run(app: Any, runs: int, calls: int, instances: int) -> dict[str, dict[str,
             for _ in range(calls):
                 scenario()
         results[name] = _measure(scenario, runs, calls)
+        results[name]["pages_per_call"] = _pages_written(app.database, scenario)
     return results
+
+
+def _pages_written(database: Any, scenario: Callable[[], object]) -> float:
+    """Database pages a call writes: what its commits append to SQLite's write-ahead log,
+    emptied first, over PAGE_SAMPLE calls. Deterministic where the times are not, so it shows
+    a change of the write path's volume (an index fewer, a statement fewer) the noise hides."""
+    log = sqlite3.connect(database.engine.url.database)
+    try:
+        busy, _, _ = log.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise RuntimeError("the write-ahead log could not be emptied")
+        for _ in range(PAGE_SAMPLE):
+            scenario()
+        _, pages, _ = log.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        log.close()
+    return round(pages / PAGE_SAMPLE, 1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -213,11 +236,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{'scenario':14s} {'CPU us/call (min)':>18s} {'(median)':>9s} {'wall us/call (min)':>19s}")
+    print(
+        f"{'scenario':14s} {'CPU us/call (min)':>18s} {'(median)':>9s} {'wall us/call (min)':>19s}"
+        f" {'pages/call':>11s}"
+    )
     for name, figures in results.items():
         print(
             f"{name:14s} {figures['cpu_us_min']:18.1f} {figures['cpu_us_median']:9.1f}"
-            f" {figures['wall_us_min']:19.1f}"
+            f" {figures['wall_us_min']:19.1f} {figures['pages_per_call']:11.1f}"
         )
 
 

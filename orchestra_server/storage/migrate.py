@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest revision in MIGRATIONS (a test keeps the two in step). A process that finds the
 # database there never loads the migration machinery, which would stay in its memory for good.
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 VERSION_TABLE = "alembic_version"
 # Any constant works; it only has to be the same in every Orchestra process.
 _MIGRATION_LOCK_KEY = 0x0C4E57A

@@ -17,11 +17,17 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+# The conditions of the tokens' partial indexes: only incident tokens are read through the
+# incident indexes, only tokens with a due time through the scheduler's.
+INCIDENT = text("status = 'incident'")
+HAS_DUE_TIME = text("due_at IS NOT NULL")
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -158,11 +164,27 @@ class TokenRow(Base):
     __tablename__ = "tokens"
     __table_args__ = (
         Index("ix_tokens_instance_seq", "instance_seq"),
-        Index("ix_tokens_due_at", "due_at"),
+        # The scheduler's due tokens, soonest first. Partial, like the incident indexes below:
+        # a token without a due time (most of them) writes nothing here when it comes or goes,
+        # and every query reading these indexes names their condition.
+        Index("ix_tokens_due", "due_at", sqlite_where=HAS_DUE_TIME, postgresql_where=HAS_DUE_TIME),
         # A tenant's incidents, oldest first.
-        Index("ix_tokens_tenant_status_since", "tenant_id", "status", "since", "id"),
+        Index(
+            "ix_tokens_incidents_since",
+            "tenant_id",
+            "since",
+            "id",
+            sqlite_where=INCIDENT,
+            postgresql_where=INCIDENT,
+        ),
         # The tenant's instances that have an incident, newest first (SearchInstances).
-        Index("ix_tokens_tenant_status_instance", "tenant_id", "status", "instance_seq"),
+        Index(
+            "ix_tokens_incidents_instance",
+            "tenant_id",
+            "instance_seq",
+            sqlite_where=INCIDENT,
+            postgresql_where=INCIDENT,
+        ),
         # A tenant's live tokens at one node.
         Index("ix_tokens_tenant_node_status", "tenant_id", "node_id", "status"),
     )

@@ -22,3 +22,10 @@ def test_every_scenario_runs_through_the_real_call_path() -> None:
     for figures in results.values():
         assert figures["cpu_us_min"] <= figures["cpu_us_median"]
         assert figures["wall_us_min"] > 0
+    # Reads write nothing; each write writes the pages of the rows and index entries it changes.
+    for read in ("ping", "get_instance", "search_incident", "list_incidents"):
+        assert results[read]["pages_per_call"] == 0, read
+    for write in ("start_process", "signal", "set_variable"):
+        assert results[write]["pages_per_call"] >= 2, write
+    # A start writes an instance, its variable, its token and an audit row, with their indexes.
+    assert results["start_process"]["pages_per_call"] > results["set_variable"]["pages_per_call"]

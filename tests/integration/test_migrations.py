@@ -81,6 +81,30 @@ def _insert_definition(conn: Connection, at: datetime) -> None:
     )
 
 
+def _insert_instance(
+    conn: Connection, at: datetime, seq: int = 1, *, tenant: str = "default", status: str = "running"
+) -> None:
+    """Instance `i<seq>` of the shared definition `d`, as every revision stores it."""
+    conn.execute(
+        text(
+            "INSERT INTO instances"
+            " (seq, id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
+            " VALUES (:seq, :id, :tenant, 'd', 1, :status, :at, :at)"
+        ),
+        {"seq": seq, "id": f"i{seq}", "tenant": tenant, "status": status, "at": at},
+    )
+
+
+def _one_instance_at(database: Database, revision: str) -> datetime:
+    """Migrates down to `revision` and stores instance `i1` of definition `d` there."""
+    _migrate(database, revision, down=True)
+    at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    with database.engine.begin() as conn:
+        _insert_definition(conn, at)
+        _insert_instance(conn, at)
+    return at
+
+
 def _migrate(database: Database, revision: str, *, down: bool = False) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -92,18 +116,8 @@ def _migrate(database: Database, revision: str, *, down: bool = False) -> None:
 
 def test_incidents_stored_before_kinds_get_one(database: Database) -> None:
     """0002 classifies existing incidents: the old step-limit text, anything else unclassified."""
-    _migrate(database, "0001", down=True)
-    at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    at = _one_instance_at(database, "0001")
     with database.engine.begin() as conn:
-        _insert_definition(conn, at)
-        conn.execute(
-            text(
-                "INSERT INTO instances"
-                " (id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
-                " VALUES ('i', 'default', 'd', 1, 'running', :at, :at)"
-            ),
-            {"at": at},
-        )
         for token_id, status, message in [
             ("t-step", "incident", OLD_STEP_LIMIT_TEXT),
             ("t-other", "incident", "'x > 1' failed: no such key"),
@@ -134,14 +148,7 @@ def test_operations_columns_are_filled_for_what_was_stored_before(database: Data
     with database.engine.begin() as conn:
         _insert_definition(conn, at)
         for seq, status in ((1, "running"), (2, "completed")):
-            conn.execute(
-                text(
-                    "INSERT INTO instances"
-                    " (seq, id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
-                    " VALUES (:seq, :id, 'default', 'd', 1, :status, :at, :at)"
-                ),
-                {"seq": seq, "id": f"i{seq}", "status": status, "at": at},
-            )
+            _insert_instance(conn, at, seq, status=status)
         conn.execute(
             text("INSERT INTO variables (instance_seq, name, value) VALUES (1, 'a', :v), (2, 'a', :w)"),
             {"v": '{"x":1.0,"y":[true]}', "w": '{"y":[true],"x":1}'},
@@ -191,14 +198,7 @@ def test_variables_stored_before_take_their_instance_tenant(database: Database) 
         )
         _insert_definition(conn, at)
         for seq, tenant in ((1, "default"), (2, "acme")):
-            conn.execute(
-                text(
-                    "INSERT INTO instances"
-                    " (seq, id, tenant_id, definition_id, definition_pk, status, created_at, updated_at)"
-                    " VALUES (:seq, :id, :tenant, 'd', 1, 'running', :at, :at)"
-                ),
-                {"seq": seq, "id": f"i{seq}", "tenant": tenant, "at": at},
-            )
+            _insert_instance(conn, at, seq, tenant=tenant)
         conn.execute(
             text(
                 "INSERT INTO variables (instance_seq, name, value, value_digest)"
@@ -213,4 +213,68 @@ def test_variables_stored_before_take_their_instance_tenant(database: Database) 
     with database.engine.connect() as conn:
         columns = conn.execute(text("SELECT * FROM variables WHERE instance_seq = 2")).mappings().one()
     assert "tenant_id" not in columns
+    _migrate(database, "head")
+
+
+def _token_indexes(conn: Connection) -> dict[str, bool]:
+    """The tokens table's indexes by name, each with whether it is partial."""
+    if conn.dialect.name == "sqlite":
+        rows = conn.execute(text("SELECT name, partial FROM pragma_index_list('tokens')")).all()
+        return {name: bool(partial) for name, partial in rows if not name.startswith("sqlite_")}
+    rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'tokens'")).all()
+    return {name: " WHERE " in definition for name, definition in rows if name != "pk_tokens"}
+
+
+def test_tokens_incident_and_due_indexes_hold_only_their_rows_from_0006(database: Database) -> None:
+    """0006 makes the incident and due-time indexes partial; what they find is unchanged."""
+    at = _one_instance_at(database, "0005")
+    with database.engine.begin() as conn:
+        for token, status, due in (
+            ("t-parked", "parked", None),
+            ("t-timer", "parked", at),
+            ("t-inc", "incident", None),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO tokens"
+                    " (id, instance_seq, tenant_id, node_id, status, ordinal, due_at, since)"
+                    " VALUES (:id, 1, 'default', 'n', :status, 0, :due, :at)"
+                ),
+                {"id": token, "status": status, "due": due, "at": at},
+            )
+        assert _token_indexes(conn) == {
+            "ix_tokens_instance_seq": False,
+            "ix_tokens_due_at": False,
+            "ix_tokens_tenant_status_since": False,
+            "ix_tokens_tenant_status_instance": False,
+            "ix_tokens_tenant_node_status": False,
+        }
+    _migrate(database, "head")
+    with database.engine.connect() as conn:
+        assert _token_indexes(conn) == {
+            "ix_tokens_instance_seq": False,
+            "ix_tokens_due": True,
+            "ix_tokens_incidents_since": True,
+            "ix_tokens_incidents_instance": True,
+            "ix_tokens_tenant_node_status": False,
+        }
+        incidents = conn.execute(
+            text(
+                "SELECT id FROM tokens WHERE tenant_id = 'default' AND status = 'incident' ORDER BY since, id"
+            )
+        ).scalars()
+        assert list(incidents) == ["t-inc"]
+        due = conn.execute(
+            text("SELECT id FROM tokens WHERE due_at <= :now ORDER BY due_at"), {"now": at}
+        ).scalars()
+        assert list(due) == ["t-timer"]
+    _migrate(database, "0005", down=True)
+    with database.engine.connect() as conn:
+        assert set(_token_indexes(conn)) == {
+            "ix_tokens_instance_seq",
+            "ix_tokens_due_at",
+            "ix_tokens_tenant_status_since",
+            "ix_tokens_tenant_status_instance",
+            "ix_tokens_tenant_node_status",
+        }
     _migrate(database, "head")
