@@ -31,6 +31,7 @@ DESCRIPTIONS = {
     "start_process": "start three_step (one variable); the instance parks on `task`",
     "signal": "signal the parked token of a pre-created instance (completes it); each token once",
     "complete": "start -> get (find the token) -> signal: one instance completed per 3 calls",
+    "complete_tenants": "complete, from 16 tenants at one connection each (REST only, wrk -t16 -c16)",
     "get_instance": "getInstance of a running instance (1,000 distinct ones, round robin)",
     "set_variable": "setVariable on a running instance (1,000 distinct ones, round robin)",
     "list_first": "listInstances first page (100) on the tenant with the seeded instances",
@@ -56,6 +57,8 @@ OPERATION_PATHS = {
     "list_incidents_50": ("incidents?page_size=50", "incidents"),
 }
 OPERATIONS = tuple(OPERATION_PATHS)
+# complete_tenants: the load of this many tenants, each a consumer at one connection.
+MANY_TENANTS = ("bench", *(f"tenant-{n:02d}" for n in range(1, 16)))
 # The variable every seeded instance of the grown tenant carries with its own id as value.
 KEY_VARIABLE = "reference"
 OPS = "/orchestra-ops/v1/"
@@ -206,6 +209,17 @@ class Runner:
                     [token, "three_step"],
                     duration=duration,
                     connections=c,
+                )
+            if scenario == "complete_tenants":
+                tokens = self.pools.file("tenant-tokens", [self.stack.token(t) for t in MANY_TENANTS])
+                return run_wrk(
+                    scenario,
+                    url,
+                    wrk_script("complete", self.workdir),
+                    ["@" + str(tokens), "three_step"],
+                    duration=duration,
+                    connections=len(MANY_TENANTS),
+                    threads=len(MANY_TENANTS),
                 )
             if scenario == "list_first":
                 return run_wrk(

@@ -1,14 +1,20 @@
 -- An instance from start to end: start it, get it (for its parked token), signal the token.
 -- Every response says which step it answers, so a thread keeps two queues of follow-up work
 -- and always prefers finishing an instance to starting one. "completed" counts instances
--- whose signal succeeded. Args: TOKEN DEFINITION-ID
+-- whose signal succeeded. Args: TOKEN DEFINITION-ID, where TOKEN may be @FILE, a file of
+-- tokens one per line, of which thread N takes line N (with -tN -cN: one tenant a connection).
 local headers, start_req, start_body
 local to_get, to_signal = {}, {}
 completed = 0
 bad = 0
 
 function init(args)
-  headers = { ["Authorization"] = "Bearer " .. args[1], ["Content-Type"] = "application/json" }
+  local token = args[1]
+  if token:sub(1, 1) == "@" then
+    local tokens = read_lines(token:sub(2))
+    token = tokens[(tid - 1) % #tokens + 1]
+  end
+  headers = { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }
   start_req = wrk.format("POST", "/orchestra-api/process/" .. args[2] .. "/start", headers,
     '{"variables":{"amount":1}}')
 end

@@ -59,3 +59,19 @@ def test_the_targets_are_the_ratio_at_every_size_and_the_flatness() -> None:
     assert targets["sqlite rest: search_incident, rate on 100,000 over 10,000 instances"]["met"] is False
     text = report.markdown({"runs": {"sqlite": run | {"workers": 2, "concurrency": 16}}})
     assert "| list_incidents | 100,000 | 480 | 800 | 0.60 |" in text
+
+
+def test_completed_instances_from_one_and_from_sixteen_tenants_are_each_held_to_the_target() -> None:
+    def targets_of(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
+        checked = report.check_targets({"runs": {"sqlite": {"scenarios": scenarios}}})
+        return {t["target"]: t for t in checked}
+
+    one = _row("complete", 0, 1_500.0, extra={"completed_per_s": 500.0})
+    many = _row("complete_tenants", 0, 3_300.0, extra={"completed_per_s": 1_100.0})
+    targets = targets_of([one, many])
+    single = targets["REST on SQLite: instances completed/s (start+get+signal)"]
+    sixteen = targets["REST on SQLite, 16 tenants at one connection each: instances completed/s"]
+    assert (single["measured"], single["met"]) == (500.0, False)
+    assert (sixteen["measured"], sixteen["met"]) == (1_100.0, True)
+    # A run without the sixteen tenants reports no figure for them rather than a miss.
+    assert not any("16 tenants" in name for name in targets_of([one]))
