@@ -40,6 +40,7 @@ from orchestra_server.bootstrap import build_application
 from orchestra_server.identity.consumers import OPERATE_PERMISSION
 from orchestra_server.observability.logs import configure_logging
 from orchestra_server.settings import Settings
+from orchestra_server.storage.database import Database
 from orchestra_server.transport.server import add_servicers, call_interceptor
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -206,11 +207,11 @@ def _run(app: Any, runs: int, calls: int, instances: int) -> dict[str, dict[str,
     return results
 
 
-def _pages_written(database: Any, scenario: Callable[[], object]) -> float:
+def _pages_written(database: Database, scenario: Callable[[], object]) -> float:
     """Database pages a call writes: what its commits append to SQLite's write-ahead log,
     emptied first, over PAGE_SAMPLE calls. Deterministic where the times are not, so it shows
     a change of the write path's volume (an index fewer, a statement fewer) the noise hides."""
-    log = sqlite3.connect(database.engine.url.database)
+    log = sqlite3.connect(str(database.engine.url.database))
     try:
         busy, _, _ = log.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
@@ -220,7 +221,7 @@ def _pages_written(database: Any, scenario: Callable[[], object]) -> float:
         _, pages, _ = log.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     finally:
         log.close()
-    return round(pages / PAGE_SAMPLE, 1)
+    return round(int(pages) / PAGE_SAMPLE, 1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
